@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.yaml
+
+.PHONY: run test lint bench migrate clean services
+
+# Reinstall when the dependency list changes; the stamp keeps repeat runs instant.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/sensorcast --config $(CONFIG) migrate
+	$(BIN)/sensorcast --config $(CONFIG) serve
+
+migrate: $(VENV)/.installed
+	$(BIN)/sensorcast --config $(CONFIG) migrate
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check server tests bench
+	$(BIN)/ruff format --check server tests bench
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed
+	$(BIN)/sensorcast --config $(CONFIG) bench
+
+clean:
+	rm -rf $(VENV) var bench/results .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,754 @@
+"""`sensorcast bench`: Sensorcast against a `websockets.broadcast()` reference server.
+
+Each server under test runs as a subprocess pinned to one core (`taskset -c 0`); this
+process, the load generator, pins itself to another core, so the two never share a CPU
+and the server's CPU time is its own. Per server:
+
+1. memory: RSS growth of the server over N idle subscribed connections (default 5,000);
+2. headline: 1,000 subscribers x 20 publications/s for 10 s: server CPU us per delivery
+   from /proc/<pid>/stat (utime+stime) and publish-to-receive latency p50/p99;
+3. fan-out ramp: rising publication rates (x1.2 a step) until fewer than 99 % of the
+   deliveries arrive by the end of the step plus a short grace; the best passing step is
+   the "max deliveries/s".
+
+Memory runs on a fresh server so the fan-out phases' buffers don't count as per-connection
+memory. Prints a table and writes bench/results/bench-<UTC>.json and latest.json.
+
+    python bench/run.py [--quick] [--only fanout,latency,memory] [--subscribers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+if str(BENCH_DIR) not in sys.path:  # imported as a module rather than run as a script
+    sys.path.insert(0, str(BENCH_DIR))
+
+import loadgen as lg  # noqa: E402  (needs the sys.path line above)
+
+HOST = "127.0.0.1"
+CHANNEL = "bench"
+PUB_CHANNEL = "bench-pub"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVERS = ("sensorcast", "reference")
+PHASES = ("fanout", "latency", "memory")
+
+# Targets for Sensorcast / reference ratios (and one absolute bound).
+TARGET_CPU_RATIO = 0.8
+TARGET_THROUGHPUT_RATIO = 1.3
+TARGET_P99_RATIO = 1.0
+TARGET_MEMORY_RATIO = 1.0
+TARGET_MEMORY_KB = 12.0
+
+BENCH_CONFIG = """\
+server: {{host: {host}, port: {port}}}
+database: {{url: "sqlite:///var/bench.db"}}
+ws: {{rate_limit: 0, max_connections: 0, max_connections_per_ip: 0, heartbeat: 0, \
+max_queue_bytes: 4194304}}
+channels: {{namespaces: {{bench: {{subscribe: [anonymous, user, device, service, admin], \
+publish: [anonymous, user, device, service, admin]}}}}}}
+logging: {{level: WARNING}}
+"""
+
+
+@dataclass
+class Params:
+    subscribers: int = 1000
+    idle_connections: int = 5000
+    headline_rate: float = 20.0
+    # CLK_TCK is 100 Hz: 10 s at ~2 s of server CPU keeps the tick error near 0.5 %.
+    headline_seconds: float = 10.0
+    warmup_seconds: float = 2.0
+    step_seconds: float = 3.0
+    # Deliveries that arrive this long after the last publication still count as on time.
+    grace_seconds: float = 0.25
+    ramp_start: float = 20.0
+    ramp_factor: float = 1.2
+    ramp_max: float = 400.0
+    delivered_threshold: float = 0.99
+    connect_concurrency: int = 100
+    phases: tuple[str, ...] = PHASES
+    servers: tuple[str, ...] = SERVERS
+
+    def ramp(self) -> list[float]:
+        rates: list[float] = []
+        rate = self.ramp_start
+        while rate < self.ramp_max:
+            rates.append(round(rate))
+            rate *= self.ramp_factor
+        rates.append(self.ramp_max)
+        return sorted(set(rates))
+
+
+# /proc readers ------------------------------------------------------------------------
+def cpu_ticks(pid: int | str) -> int:
+    """utime + stime of the whole process (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    raise lg.BenchError(f"no VmRSS for pid {pid}")
+
+
+def raise_nofile() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: 5,000 sockets per side need it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# servers ------------------------------------------------------------------------------
+class ServerUnavailable(Exception):
+    """The server under test cannot run here (not built yet, crashed at start...)."""
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    ws_path: str
+    pub_path: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+def server_command(name: str, port: int, workdir: Path) -> tuple[list[str], str, str]:
+    """(argv, subscriber path, publisher path) for one server under test."""
+    if name == "reference":
+        script = BENCH_DIR / "reference_server.py"
+        return (
+            [sys.executable, str(script), "--host", HOST, "--port", str(port)],
+            f"/?channel={CHANNEL}",
+            f"/?channel={PUB_CHANNEL}",
+        )
+    if not (REPO / "server" / "app.py").is_file() or not (REPO / "server" / "cli.py").is_file():
+        raise ServerUnavailable(
+            "Sensorcast server not built yet (server/app.py or server/cli.py missing)"
+        )
+    config = workdir / "bench.yaml"
+    config.write_text(BENCH_CONFIG.format(host=HOST, port=port), encoding="utf-8")
+    (workdir / "var").mkdir(exist_ok=True)
+    return (
+        [sys.executable, "-m", "server", "--config", str(config), "serve"],
+        f"/api/v1/ws?channel={CHANNEL}",
+        f"/api/v1/ws?channel={PUB_CHANNEL}",
+    )
+
+
+def _child_setup(core: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        # A high fd limit for 5,000 sockets; runs in the child between fork and exec.
+        raise_nofile()
+        if core is not None and shutil.which("taskset") is None:
+            os.sched_setaffinity(0, {core})
+
+    return setup
+
+
+def spawn(
+    argv: list[str], workdir: Path, log_path: Path, core: int | None
+) -> subprocess.Popen[bytes]:
+    # Plain fork+exec: quick, and nothing else runs on the loop while a server starts.
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            argv,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # This process has no threads yet, so preexec_fn is safe here.
+            preexec_fn=_child_setup(core),
+            # Own session: a Ctrl-C on the terminal reaches only the bench, which then
+            # stops the server in order.
+            start_new_session=True,
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(name: str, core: int | None) -> AsyncIterator[Server]:
+    """Start one server under test, wait for GET /health = 200, stop it with SIGTERM."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"sensorcast-bench-{name}-"))
+    port = free_port()
+    argv, ws_path, pub_path = server_command(name, port, workdir)
+    if core is not None and shutil.which("taskset"):
+        argv = ["taskset", "-c", str(core), *argv]
+    log_path = workdir / "server.log"
+    proc = spawn(argv, workdir, log_path, core)
+    server = Server(name, port, ws_path, pub_path, proc, log_path)
+    try:
+        await wait_ready(server)
+        yield server
+    finally:
+        code = stop(server)
+        if code not in (0, None, -signal.SIGTERM):
+            print(f"  [{name}] exited with {code}; log tail:\n{server.log_tail()}", flush=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def wait_ready(server: Server, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise ServerUnavailable(
+                f"{server.name} exited with {server.proc.returncode} during startup:\n"
+                f"{server.log_tail()}"
+            )
+        if await lg.http_status(HOST, server.port, "/health", within=1.0) == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise ServerUnavailable(f"{server.name}: GET /health not 200 after {within:.0f} s")
+
+
+def stop(server: Server, within: float = 15.0) -> int | None:
+    proc = server.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(within)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            print(f"  [{server.name}] did not stop on SIGTERM within {within:.0f} s", flush=True)
+    return proc.returncode
+
+
+# phases -------------------------------------------------------------------------------
+async def measure_memory(server: Server, p: Params) -> dict[str, Any]:
+    counters = lg.Counters()
+    # Warm up first: lazy imports and first-connection caches are not per-connection cost.
+    warm = await lg.open_subscribers(HOST, server.port, server.ws_path, CHANNEL, 20, counters)
+    await lg.close_all(warm)
+    await asyncio.sleep(0.5)
+    before = rss_kb(server.pid)
+    t0 = time.monotonic()
+    subs = await lg.open_subscribers(
+        HOST,
+        server.port,
+        server.ws_path,
+        CHANNEL,
+        p.idle_connections,
+        counters,
+        p.connect_concurrency,
+    )
+    connect_s = time.monotonic() - t0
+    await asyncio.sleep(1.0)  # let post-handshake work (registration, presence) settle
+    after = rss_kb(server.pid)
+    still_open = counters.open
+    await lg.close_all(subs)
+    return {
+        "connections": p.idle_connections,
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "kb_per_connection": (after - before) / p.idle_connections,
+        "connect_seconds": round(connect_s, 2),
+        "connections_per_second": round(p.idle_connections / connect_s, 1),
+        "open_at_measure": still_open,
+    }
+
+
+@dataclass
+class Step:
+    rate: float
+    sent: int
+    seconds: float
+    subscribers: int
+    expected: int
+    on_time: int
+    delivered: int
+    server_cpu_s: float
+    loadgen_cpu_s: float
+    wall_s: float
+    others: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def on_time_ratio(self) -> float:
+        return self.on_time / self.expected if self.expected else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            offered_deliveries_per_s=round(self.expected / self.seconds, 1),
+            deliveries_per_s=round(min(self.on_time, self.expected) / self.seconds, 1),
+            on_time_ratio=round(self.on_time_ratio, 5),
+            delivered_ratio=round(self.delivered / self.expected, 5) if self.expected else 0.0,
+            server_cpu_us_per_delivery=(
+                round(self.server_cpu_s * 1e6 / self.delivered, 3) if self.delivered else None
+            ),
+            server_cpu_util=round(self.server_cpu_s / self.wall_s, 3),
+            loadgen_cpu_util=round(self.loadgen_cpu_s / self.wall_s, 3),
+        )
+        return out
+
+
+async def run_step(
+    server: Server,
+    publisher: lg.Publisher,
+    counters: lg.Counters,
+    rate: float,
+    seconds: float,
+    p: Params,
+    stamping: bool = False,
+) -> Step:
+    await lg.wait_quiet(counters)  # the previous step's backlog must not count here
+    counters.stamping = stamping
+    counters.latencies_ns = []
+    subscribers = counters.open
+    frames0, others0 = counters.frames, counters.others
+    cpu0, me0, t0 = cpu_ticks(server.pid), cpu_ticks("self"), time.monotonic()
+    sent, elapsed = await lg.publish_paced(publisher, CHANNEL, rate, seconds)
+    expected = sent * subscribers
+    await lg.wait_for_count(counters, frames0 + expected, p.grace_seconds)
+    on_time = counters.frames - frames0
+    # Then let a backlog drain, so "late" is told apart from "lost" and the server's CPU
+    # for this step's deliveries is all inside the window.
+    await lg.wait_for_count(counters, frames0 + expected, max(2.0, seconds))
+    await lg.wait_quiet(counters, quiet=0.2, within=2.0)
+    cpu1, me1, t1 = cpu_ticks(server.pid), cpu_ticks("self"), time.monotonic()
+    counters.stamping = False
+    step = Step(
+        rate=rate,
+        sent=sent,
+        seconds=round(elapsed, 4),
+        subscribers=subscribers,
+        expected=expected,
+        on_time=on_time,
+        delivered=counters.frames - frames0,
+        server_cpu_s=(cpu1 - cpu0) / CLK_TCK,
+        loadgen_cpu_s=(me1 - me0) / CLK_TCK,
+        wall_s=round(t1 - t0, 4),
+        others=counters.others - others0,
+    )
+    if stamping:
+        step.latency_ms = percentiles_ms(counters.latencies_ns)
+    counters.latencies_ns = []
+    if publisher.errors:
+        raise lg.BenchError(f"{server.name} refused a publication: {publisher.first_error}")
+    return step
+
+
+def percentiles_ms(samples_ns: list[int]) -> dict[str, float]:
+    if not samples_ns:
+        return {}
+    ordered = sorted(samples_ns)
+    n = len(ordered)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(n - 1, int(q * n))] / 1e6, 3)
+
+    return {
+        "p50": pick(0.50),
+        "p90": pick(0.90),
+        "p99": pick(0.99),
+        "max": round(ordered[-1] / 1e6, 3),
+        "samples": n,
+    }
+
+
+async def measure_fanout(server: Server, p: Params, ramp: bool) -> dict[str, Any]:
+    counters = lg.Counters()
+    t0 = time.monotonic()
+    subs = await lg.open_subscribers(
+        HOST, server.port, server.ws_path, CHANNEL, p.subscribers, counters, p.connect_concurrency
+    )
+    connect_s = time.monotonic() - t0
+    pub_counters = lg.Counters()
+    publisher = await lg.connect(
+        lambda: lg.Publisher(HOST, server.port, server.pub_path, PUB_CHANNEL, pub_counters),
+        HOST,
+        server.port,
+    )
+    assert isinstance(publisher, lg.Publisher)
+    out: dict[str, Any] = {"subscribers": p.subscribers, "connect_seconds": round(connect_s, 2)}
+    try:
+        if p.warmup_seconds > 0:
+            await run_step(server, publisher, counters, p.headline_rate, p.warmup_seconds, p)
+        headline = await run_step(
+            server, publisher, counters, p.headline_rate, p.headline_seconds, p, stamping=True
+        )
+        out["headline"] = headline.summary()
+        print(f"  [{server.name}] headline: {describe(headline)}", flush=True)
+        if ramp:
+            steps: list[dict[str, Any]] = []
+            best: dict[str, Any] | None = None
+            for rate in p.ramp():
+                if counters.open < p.subscribers:
+                    break  # subscribers were dropped: later steps would not be comparable
+                step = await run_step(server, publisher, counters, rate, p.step_seconds, p)
+                summary = step.summary()
+                steps.append(summary)
+                print(f"  [{server.name}] ramp {rate:>5.0f}/s: {describe(step)}", flush=True)
+                if step.on_time_ratio < p.delivered_threshold:
+                    break
+                best = summary
+            out["ramp"] = steps
+            out["max_deliveries_per_s"] = best["deliveries_per_s"] if best else None
+            out["max_publications_per_s"] = best["rate"] if best else None
+            out["ramp_limit"] = ramp_limit(steps, best)
+        out["close_codes"] = {str(k): v for k, v in counters.close_codes.items()}
+        out["publisher"] = {"sent": publisher.seq, "responses": publisher.responses}
+    finally:
+        await lg.close_all([*subs, publisher])
+    return out
+
+
+def ramp_limit(steps: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
+    """Who stopped the ramp: a maxed-out server core, a maxed-out load generator, or the
+    top of the ramp. A loadgen-bound figure is a floor for the server, not its ceiling."""
+    if not steps or steps[-1] is best:
+        return "ramp_max"
+    last = steps[-1]
+    if last["subscribers"] < (steps[0]["subscribers"] if steps else 0):
+        return "subscribers_dropped"
+    if last["loadgen_cpu_util"] >= 0.9 and last["server_cpu_util"] < 0.9:
+        return "loadgen"
+    if last["server_cpu_util"] >= 0.9:
+        return "server"
+    return "unclear"
+
+
+def describe(step: Step) -> str:
+    s = step.summary()
+    lat = (
+        f" p50 {s['latency_ms']['p50']} ms p99 {s['latency_ms']['p99']} ms"
+        if step.latency_ms
+        else ""
+    )
+    cpu = s["server_cpu_us_per_delivery"]
+    return (
+        f"{s['offered_deliveries_per_s']:>9,.0f} offered/s, on time {s['on_time_ratio']:.2%}, "
+        f"server cpu {s['server_cpu_util']:.0%} ({cpu} us/delivery), "
+        f"loadgen cpu {s['loadgen_cpu_util']:.0%}{lat}"
+    )
+
+
+async def measure(name: str, p: Params, core: int | None) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if "memory" in p.phases:
+        async with running(name, core) as server:
+            print(f"  [{name}] memory: {p.idle_connections} idle connections", flush=True)
+            result["memory"] = await measure_memory(server, p)
+            m = result["memory"]
+            print(
+                f"  [{name}] memory: {m['kb_per_connection']:.2f} KB/connection "
+                f"({m['rss_before_kb']} -> {m['rss_after_kb']} KB)",
+                flush=True,
+            )
+    if "fanout" in p.phases or "latency" in p.phases:
+        async with running(name, core) as server:
+            print(f"  [{name}] fan-out: {p.subscribers} subscribers", flush=True)
+            result["fanout"] = await measure_fanout(server, p, ramp="fanout" in p.phases)
+    return result
+
+
+# report -------------------------------------------------------------------------------
+def _get(result: dict[str, Any] | None, *path: str) -> float | None:
+    value: Any = result
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def comparisons(sc: dict[str, Any] | None, ref: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(
+        metric: str,
+        path: tuple[str, ...],
+        target: str,
+        check: Callable[[float, float, float], bool] | None,
+    ) -> None:
+        a, b = _get(sc, *path), _get(ref, *path)
+        ratio = a / b if a is not None and b else None
+        ok = None
+        if check is not None and a is not None and b is not None and ratio is not None:
+            ok = check(a, b, ratio)
+        rows.append(
+            {"metric": metric, "sensorcast": a, "reference": b, "ratio": ratio,
+             "target": target, "ok": ok}
+        )  # fmt: skip
+
+    row(
+        "server CPU us/delivery (1000 subs x 20/s)",
+        ("fanout", "headline", "server_cpu_us_per_delivery"),
+        f"<= {TARGET_CPU_RATIO:.2f}x",
+        lambda a, b, r: r <= TARGET_CPU_RATIO,
+    )
+    row(
+        "max deliveries/s at >= 99% delivered",
+        ("fanout", "max_deliveries_per_s"),
+        f">= {TARGET_THROUGHPUT_RATIO:.2f}x",
+        lambda a, b, r: r >= TARGET_THROUGHPUT_RATIO,
+    )
+    row("latency p50 ms (1000 subs x 20/s)", ("fanout", "headline", "latency_ms", "p50"), "", None)
+    row(
+        "latency p99 ms (1000 subs x 20/s)",
+        ("fanout", "headline", "latency_ms", "p99"),
+        f"<= {TARGET_P99_RATIO:.2f}x",
+        lambda a, b, r: r <= TARGET_P99_RATIO,
+    )
+    row(
+        "memory KB per idle connection",
+        ("memory", "kb_per_connection"),
+        f"<= {TARGET_MEMORY_RATIO:.2f}x, < {TARGET_MEMORY_KB:g} KB",
+        lambda a, b, r: r <= TARGET_MEMORY_RATIO and a < TARGET_MEMORY_KB,
+    )
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    header = ("metric", "sensorcast", "reference", "ratio", "target", "ok")
+    body = [
+        (
+            r["metric"],
+            _fmt(r["sensorcast"]),
+            _fmt(r["reference"]),
+            f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-",
+            r["target"] or "-",
+            {True: "yes", False: "NO", None: "-"}[r["ok"]],
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return " | ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(b) for b in body)])
+
+
+def environment(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for dist in ("aiohttp", "websockets", "uvloop", "orjson"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        commit = done.stdout.strip() or None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpus": os.cpu_count(),
+        "server_core": cores[0],
+        "loadgen_core": cores[1],
+        "clk_tck": CLK_TCK,
+        "versions": versions,
+        "commit": commit,
+        "params": {**asdict(p), "ramp_rates": p.ramp()},
+    }
+
+
+def write_results(doc: dict[str, Any]) -> Path:
+    out_dir = BENCH_DIR / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = out_dir / f"bench-{stamp}.json"
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    path.write_text(text, encoding="utf-8")
+    (out_dir / "latest.json").write_text(text, encoding="utf-8")
+    return path
+
+
+# entry --------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[Params, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="sensorcast bench",
+        description="Fan-out, latency and memory of Sensorcast vs a websockets reference.",
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter run (~1 minute)")
+    parser.add_argument("--only", default=",".join(PHASES), help="phases: fanout,latency,memory")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="sensorcast,reference")
+    parser.add_argument("--subscribers", type=int, help="fan-out subscribers (default 1000)")
+    parser.add_argument("--idle", type=int, help="idle connections for memory (default 5000)")
+    parser.add_argument("--headline-seconds", type=float, help="CPU/latency window (10 s)")
+    parser.add_argument("--step-seconds", type=float, help="length of each ramp step (3 s)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPU cores")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed (for CI gates)"
+    )
+    args = parser.parse_args(argv)
+    p = Params()
+    if args.quick:
+        p = Params(
+            idle_connections=2000,
+            headline_seconds=5.0,
+            warmup_seconds=1.0,
+            step_seconds=2.0,
+            ramp_factor=1.5,
+        )
+    phases = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    servers = tuple(x.strip() for x in args.servers.split(",") if x.strip())
+    if bad := [x for x in phases if x not in PHASES]:
+        parser.error(f"--only: unknown phase {bad[0]!r} (choose from {', '.join(PHASES)})")
+    if bad := [x for x in servers if x not in SERVERS]:
+        parser.error(f"--servers: unknown server {bad[0]!r} (choose from {', '.join(SERVERS)})")
+    p.phases, p.servers = phases, servers
+    if args.subscribers is not None:
+        p.subscribers = args.subscribers
+    if args.idle is not None:
+        p.idle_connections = args.idle
+    if args.headline_seconds is not None:
+        p.headline_seconds = args.headline_seconds
+    if args.step_seconds is not None:
+        p.step_seconds = args.step_seconds
+    if p.subscribers < 1 or p.idle_connections < 1:
+        parser.error("--subscribers and --idle must be positive")
+    return p, args
+
+
+def pick_cores(no_pin: bool) -> tuple[int | None, int | None]:
+    """(server core, load generator core); None when there is only one core to share."""
+    available = sorted(os.sched_getaffinity(0))
+    if no_pin or len(available) < 2:
+        return None, None
+    return available[0], available[1]
+
+
+async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in p.servers:
+        print(f"== {name}", flush=True)
+        try:
+            results[name] = await measure(name, p, cores[0])
+        except ServerUnavailable as exc:
+            print(f"  [{name}] skipped: {exc}", flush=True)
+            results[name] = {"error": str(exc)}
+        except (lg.BenchError, OSError, TimeoutError) as exc:
+            print(f"  [{name}] failed: {type(exc).__name__}: {exc}", flush=True)
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p, args = parse_args(sys.argv[1:] if argv is None else argv)
+    cores = pick_cores(args.no_pin)
+    if cores[1] is not None:
+        os.sched_setaffinity(0, {cores[1]})
+    else:
+        print("warning: fewer than 2 cores: server and load generator share a CPU", flush=True)
+    nofile = raise_nofile()
+    need = max(p.idle_connections, p.subscribers) + 100
+    if nofile < need:
+        print(f"error: RLIMIT_NOFILE {nofile} < {need} needed; raise the hard limit", flush=True)
+        return 2
+    print(
+        f"sensorcast bench: servers on core {cores[0]}, load generator on core {cores[1]}, "
+        f"phases {','.join(p.phases)}",
+        flush=True,
+    )
+    started = datetime.now(UTC)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a runtime dependency
+        results = asyncio.run(run(p, cores))
+    else:
+        results = uvloop.run(run(p, cores))
+    rows = comparisons(results.get("sensorcast"), results.get("reference"))
+    doc = {
+        "started_at": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "environment": environment(p, cores),
+        "results": results,
+        "comparison": rows,
+    }
+    path = write_results(doc)
+    print()
+    print(render_table(rows))
+    print(f"\nresults: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    for name in p.servers:
+        limit = results.get(name, {}).get("fanout", {}).get("ramp_limit")
+        if limit in ("loadgen", "unclear"):
+            print(
+                f"note: {name}'s max deliveries/s was limited by {limit}: "
+                "a floor, not the server's ceiling"
+            )
+    errors = [name for name in p.servers if "error" in results.get(name, {})]
+    if errors:
+        print(f"not measured: {', '.join(errors)} (see messages above)")
+        return 1
+    if args.strict and any(r["ok"] is False for r in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""HTTP: operations (REST + WebSocket `request`), middleware and HTTP-only handlers."""

@@ -1,0 +1,90 @@
+"""The route table: every operation's REST route, the WebSocket routes, HTTP-only handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp_cors
+from aiohttp import web
+
+from server import codec
+from server.api import system
+from server.api.middleware import request_principal
+from server.api.openapi import build_openapi
+from server.api.operations import Ctx, Operation, operations_of
+from server.api.respond import JSON, json_response
+from server.errors import BadRequest, InvalidJson
+from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
+from server.ws import endpoint
+
+OPERATION_FUNCTIONS = (*system.OPERATIONS,)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON; an empty body is an empty object."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        return codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        raise InvalidJson(f"body is not valid JSON: {exc}") from None
+
+
+def rest_handler(op: Operation) -> Any:
+    async def handle(request: web.Request) -> web.Response:
+        principal = request_principal(request)
+        raw: dict[str, Any] = dict(request.query)
+        raw.pop("token", None)
+        if op.method in _BODY_METHODS:
+            body = await read_json(request)
+            if op.body_key is not None:
+                raw[op.body_key] = body
+            elif isinstance(body, dict):
+                raw.update(body)
+            else:
+                raise BadRequest("the body must be a JSON object")
+        raw.update(request.match_info)
+        app = request.app
+        ctx = Ctx(principal, app[SERVICES], app[HUB], app[CONFIG])
+        result = await op.run(ctx, raw)
+        if result is None:
+            return web.Response(status=204)
+        return json_response(result, status=op.status)
+
+    handle.__name__ = f"{op.resource}_{op.action}"
+    return handle
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type=JSON)
+
+
+def setup_routes(app: web.Application) -> None:
+    operations = operations_of(*OPERATION_FUNCTIONS)
+    app[OPERATIONS] = operations
+    app[OPENAPI] = codec.dumps(build_openapi(operations.values()))
+    cors = aiohttp_cors.setup(
+        app,
+        defaults={
+            origin: aiohttp_cors.ResourceOptions(
+                allow_credentials=False, expose_headers="*", allow_headers="*"
+            )
+            for origin in app[CONFIG].server.allowed_origins
+        },
+    )
+    router = app.router
+    routes: list[web.AbstractRoute] = [
+        router.add_get("/api/v1/", system.info),
+        router.add_get("/health", system.health),
+        router.add_get("/api/v1/health", system.health),
+        router.add_get("/api/v1/openapi.json", openapi),
+    ]
+    for op in operations.values():
+        routes.append(router.add_route(op.method, op.path, rest_handler(op)))
+    for route in routes:
+        cors.add(route)
+    # WebSocket routes: Origin is checked by the endpoint itself, before the upgrade.
+    router.add_get("/api/v1/ws", endpoint.websocket)
+    router.add_get("/api/v1/ws/secure", endpoint.websocket_secure)

@@ -1,0 +1,136 @@
+"""Service endpoints: info, health, stats, server-side publishing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, ValidationError, fields, validate
+
+from server import __version__
+from server.api.operations import Ctx, operation
+from server.api.respond import json_response
+from server.auth import WRITE_ROLES
+from server.channels import check_channel
+from server.errors import BadRequest
+from server.keys import CONFIG, HUB, SERVICES
+from server.storage import StorageError
+
+
+def _channel(value: str) -> None:
+    try:
+        check_channel(value)
+    except BadRequest as exc:
+        raise ValidationError(exc.message) from None
+
+
+class ChannelIn(Schema):
+    channel = fields.String(required=True, validate=_channel)
+
+
+class EventIn(ChannelIn):
+    event = fields.Dict(required=True, metadata={"description": "the event object"})
+
+
+LEVELS = ("info", "warning", "error")
+
+
+class TestEventIn(Schema):
+    channel = fields.String(load_default="general", validate=_channel)
+    message = fields.String(load_default="test event", validate=validate.Length(max=10_000))
+    level = fields.String(
+        load_default="info", validate=validate.OneOf(["info", "warning", "error"])
+    )
+
+
+@operation("stats", "get", "GET", "/api/v1/stats")
+async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
+    """Connections, channels with subscribers and users, message counters."""
+    hub = ctx.hub
+    s = hub.stats
+    return {
+        "connections": len(hub.clients),
+        "connections_total": s.connections_total,
+        "channels": {ch: hub.channel_stats(ch) for ch in sorted(hub.channels)},
+        "messages_in": s.messages_in,
+        "messages_out": s.messages_out,
+        "publications": s.publications,
+        "dropped_slow_consumers": s.dropped_slow_consumers,
+        "closed_by_policy": s.closed_by_policy,
+        "uptime": round(time.monotonic() - ctx.hub.started_at, 3),
+    }
+
+
+@operation("stats", "channel", "GET", "/api/v1/stats/channels/{channel}", schema=ChannelIn)
+async def get_channel_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
+    """Subscribers, users and position of one channel."""
+    channel = args["channel"]
+    position = await ctx.hub.bus.position(channel)
+    return {**ctx.hub.channel_stats(channel), "offset": position.offset, "epoch": position.epoch}
+
+
+@operation(
+    "events",
+    "create",
+    "POST",
+    "/api/v1/events/{channel}",
+    schema=EventIn,
+    status=202,
+    roles=WRITE_ROLES,
+    body_key="event",
+)
+async def publish_event(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
+    """Publish any event into a channel (a publication frame type keeps its type)."""
+    return await ctx.services.events.publish([args["channel"]], args["event"])
+
+
+@operation(
+    "events",
+    "test",
+    "POST",
+    "/api/v1/ws/test-event",
+    schema=TestEventIn,
+    status=202,
+    roles=WRITE_ROLES,
+    query_args=True,
+)
+async def test_event(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
+    """Publish a system_event with the given message (default channel `general`)."""
+    return await ctx.services.events.system_event(args["channel"], args["message"], args["level"])
+
+
+OPERATIONS = (get_stats, get_channel_stats, publish_event, test_event)
+
+
+async def info(request: web.Request) -> web.Response:
+    return json_response(
+        {
+            "name": "sensorcast",
+            "version": __version__,
+            "uptime": round(time.monotonic() - request.app[HUB].started_at, 3),
+        }
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    """healthy/degraded with a check per dependency; 503 when the database cannot answer."""
+    checks: dict[str, Any] = {}
+    started = time.perf_counter()
+    try:
+        await request.app[SERVICES].storage.ping()
+        checks["database"] = {
+            "status": "ok",
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+    except StorageError as exc:
+        checks["database"] = {"status": "down", "error": str(exc)}
+    checks["bus"] = {"status": "ok", "backend": request.app[CONFIG].bus.backend}
+    healthy = all(c["status"] == "ok" for c in checks.values())
+    body = {
+        "status": "healthy" if healthy else "degraded",
+        "checks": checks,
+        "connections": len(request.app[HUB].clients),
+        "uptime": round(time.monotonic() - request.app[HUB].started_at, 3),
+    }
+    return json_response(body, status=200 if checks["database"]["status"] == "ok" else 503)

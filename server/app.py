@@ -1,0 +1,89 @@
+"""create_app(config): state, resources (cleanup_ctx), middlewares, routes, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiojobs
+from aiohttp import web
+
+from server.api.middleware import errors
+from server.api.routes import setup_routes
+from server.auth import Authenticator
+from server.bus import Bus
+from server.bus.local import LocalBackend
+from server.channels import ChannelPolicy
+from server.config import Config
+from server.hub import Hub
+from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
+from server.services import create_services
+from server.storage import open_storage
+from server.storage.migrate import MIGRATIONS_DIR, ensure_current
+from server.ws.commands import Dispatcher
+from server.ws.endpoint import close_all
+
+log = logging.getLogger(__name__)
+
+# How often expired history is dropped from the in-memory ring buffers.
+HISTORY_TRIM_SECONDS = 30.0
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[AUTH] = Authenticator(config.auth, config.var_dir)
+    policy = app[POLICY] = ChannelPolicy(config.channels)
+    bus = app[BUS] = Bus(
+        LocalBackend(config.history.size, config.history.ttl, policy.history_enabled)
+    )
+    hub = app[HUB] = Hub(bus)
+    setup_routes(app)
+    app[DISPATCHER] = Dispatcher(
+        hub, policy, config, app[OPERATIONS], services=lambda: app[SERVICES]
+    )
+    app.cleanup_ctx.append(storage_ctx)
+    app.cleanup_ctx.append(bus_ctx)
+    app.cleanup_ctx.append(jobs_ctx)
+    app.on_shutdown.append(close_all)
+    if config.auth.anonymous_writes:
+        log.warning("auth.anonymous_writes is on: anyone who can reach this server may write")
+    return app
+
+
+async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    db = config.database
+    storage = await open_storage(
+        db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
+    )
+    try:
+        await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
+        app[SERVICES] = create_services(storage, app[BUS])
+        yield
+    finally:
+        await storage.close()
+
+
+async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
+    bus = app[BUS]
+    await bus.start()
+    yield
+    await bus.stop()
+
+
+async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Background jobs; at shutdown they are given shutdown_timeout to finish."""
+    scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
+    await scheduler.spawn(_trim_history(app[BUS]), name="history-trim")
+    yield
+    await scheduler.close()
+
+
+async def _trim_history(bus: Bus) -> None:
+    while True:
+        await asyncio.sleep(HISTORY_TRIM_SECONDS)
+        dropped = bus.backend.trim()
+        if dropped:
+            log.debug("history trim dropped %d publications", dropped)

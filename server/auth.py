@@ -1,0 +1,151 @@
+"""Who is calling: JWT (HS256 secret or RS256/ES256 public key) and config API tokens."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from server.config import ANONYMOUS, AuthConfig
+from server.errors import Forbidden, Unauthorized
+
+log = logging.getLogger(__name__)
+
+SECRET_FILE = "jwt_secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    role: str  # admin | service | user | device | anonymous
+    name: str | None = None
+    # A token's `channels` claim: glob patterns it may subscribe to; None = no narrowing.
+    channels: tuple[str, ...] | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.role == ANONYMOUS
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.sub, "name": self.name, "role": self.role}
+
+
+def anonymous(user_id: str | None = None, username: str | None = None) -> Principal:
+    """An unauthenticated caller; user_id/username only label it (they never grant user:{id})."""
+    return Principal(sub=user_id or "anonymous", role=ANONYMOUS, name=username)
+
+
+def load_or_create_secret(var_dir: Path) -> str:
+    """The HS256 secret when none is configured: made once, kept under var/ with mode 0600."""
+    path = var_dir / SECRET_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    var_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting at once must not overwrite each other's secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
+    log.info("generated a JWT secret in %s", path)
+    return secret
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig, var_dir: Path) -> None:
+        self.config = config
+        self.algorithm = config.jwt_algorithm
+        if self.algorithm == "HS256":
+            self.verify_key = config.jwt_secret or load_or_create_secret(var_dir)
+            self.signing_key: str | None = self.verify_key
+        else:
+            key = config.jwt_public_key
+            # A path or the PEM text itself.
+            self.verify_key = Path(key).read_text() if "-----BEGIN" not in key else key
+            self.signing_key = None
+        self._api_tokens = [(t.token.encode(), t) for t in config.api_tokens]
+
+    def authenticate(self, token: str) -> Principal:
+        """Principal for a bearer token (API token or JWT); Unauthorized when it is not valid."""
+        encoded = token.encode()
+        for candidate, api_token in self._api_tokens:
+            if hmac.compare_digest(candidate, encoded):
+                return Principal(sub=api_token.name, role=api_token.role, name=api_token.name)
+        try:
+            claims = jwt.decode(
+                token,
+                self.verify_key,
+                algorithms=[self.algorithm],
+                leeway=self.config.jwt_leeway,
+                options={"require": ["sub", "role", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        role = claims.get("role")
+        if role not in ("admin", "service", "user", "device"):
+            raise Unauthorized("invalid token: unknown role")
+        channels = claims.get("channels")
+        if channels is not None and not (
+            isinstance(channels, list) and all(isinstance(c, str) for c in channels)
+        ):
+            raise Unauthorized("invalid token: channels must be a list of strings")
+        name = claims.get("name")
+        return Principal(
+            sub=str(claims["sub"]),
+            role=role,
+            name=str(name) if name is not None else None,
+            channels=tuple(channels) if channels is not None else None,
+        )
+
+    def mint(
+        self,
+        sub: str,
+        role: str,
+        ttl: float = 3600,
+        name: str | None = None,
+        channels: list[str] | None = None,
+    ) -> str:
+        if self.signing_key is None:
+            raise RuntimeError(f"cannot mint {self.algorithm} tokens: only a public key is set")
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": sub, "role": role, "iat": now, "exp": now + int(ttl)}
+        if name is not None:
+            claims["name"] = name
+        if channels is not None:
+            claims["channels"] = channels
+        return jwt.encode(claims, self.signing_key, algorithm="HS256")
+
+    def resolve(self, token: str | None, user_id: str | None, username: str | None) -> Principal:
+        """The caller of a request or socket: token when given, else anonymous if allowed."""
+        if token:
+            return self.authenticate(token)
+        if not self.config.allow_anonymous:
+            raise Unauthorized("a token is required")
+        return anonymous(user_id, username)
+
+
+WRITE_ROLES = ("admin", "service")
+
+
+def require_role(principal: Principal, roles: tuple[str, ...], anonymous_writes: bool) -> None:
+    """Raise Unauthorized (no token) or Forbidden (wrong role) unless principal has a role."""
+    if principal.role == "admin" or principal.role in roles:
+        return
+    if principal.anonymous:
+        if anonymous_writes and "service" in roles:
+            return
+        raise Unauthorized("this operation needs a token")
+    raise Forbidden(f"role {principal.role!r} may not do this")

@@ -1,0 +1,95 @@
+"""In-process backend: offsets, one epoch per process, ring-buffer history per channel."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from server.bus import Position, Publication, Recovery
+
+
+class _ChannelState:
+    __slots__ = ("history", "offset")
+
+    def __init__(self, size: int) -> None:
+        self.offset = 0
+        # (monotonic time, publication); bounded by history.size.
+        self.history: deque[tuple[float, Publication]] = deque(maxlen=size)
+
+
+class LocalBackend:
+    def __init__(
+        self,
+        history_size: int,
+        history_ttl: float,
+        keeps_history: Callable[[str], bool] = lambda channel: True,
+    ) -> None:
+        # A new epoch per process: offsets from a previous run cannot be trusted.
+        self.epoch = secrets.token_hex(6)
+        self.size = history_size
+        self.ttl = history_ttl
+        self.keeps_history = keeps_history
+        # Offsets are kept even when a channel's history expires, so they never repeat.
+        self.channels: dict[str, _ChannelState] = {}
+        self._deliver: Callable[[Publication], Awaitable[None]] | None = None
+
+    async def start(self, deliver: Callable[[Publication], Awaitable[None]]) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        self._deliver = None
+
+    def _state(self, channel: str) -> _ChannelState:
+        state = self.channels.get(channel)
+        if state is None:
+            state = self.channels[channel] = _ChannelState(self.size)
+        return state
+
+    async def publish(self, publication: Publication) -> None:
+        publication.epoch = self.epoch
+        now = time.monotonic()
+        for channel in publication.channels:
+            state = self._state(channel)
+            state.offset += 1
+            publication.offsets[channel] = state.offset
+            if self.size and self.keeps_history(channel):
+                state.history.append((now, publication))
+        if self._deliver is not None:
+            await self._deliver(publication)
+
+    async def position(self, channel: str) -> Position:
+        state = self.channels.get(channel)
+        return Position(state.offset if state else 0, self.epoch)
+
+    async def recover(self, channel: str, since: Position) -> Recovery:
+        state = self.channels.get(channel)
+        top = state.offset if state else 0
+        position = Position(top, self.epoch)
+        if since.epoch != self.epoch or since.offset > top:
+            return Recovery([], False, position)
+        if since.offset == top:
+            return Recovery([], True, position)
+        assert state is not None
+        oldest_alive = time.monotonic() - self.ttl
+        missed = [
+            pub
+            for stamp, pub in state.history
+            if pub.offsets[channel] > since.offset and (not self.ttl or stamp >= oldest_alive)
+        ]
+        if not missed or missed[0].offsets[channel] != since.offset + 1:
+            return Recovery([], False, position)
+        return Recovery(missed, True, position)
+
+    def trim(self) -> int:
+        if not self.ttl:
+            return 0
+        oldest_alive = time.monotonic() - self.ttl
+        dropped = 0
+        for state in self.channels.values():
+            history = state.history
+            while history and history[0][0] < oldest_alive:
+                history.popleft()
+                dropped += 1
+        return dropped

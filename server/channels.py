@@ -1,0 +1,69 @@
+"""Channel names, namespaces and who may subscribe or publish where."""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+
+from server.auth import Principal
+from server.config import ChannelsConfig
+from server.errors import BadRequest
+
+MAX_CHANNEL_LENGTH = 128
+CHANNEL_RE = re.compile(r"[a-z0-9_.-]+(:[A-Za-z0-9_.@-]+)?")
+# user:{id} is private whatever the config says: only that user, or an admin.
+PRIVATE_NAMESPACE = "user"
+
+
+def check_channel(name: object) -> str:
+    """The channel name if valid, else BadRequest saying why."""
+    if not isinstance(name, str):
+        raise BadRequest("channel must be a string")
+    if len(name) > MAX_CHANNEL_LENGTH:
+        raise BadRequest(f"channel name longer than {MAX_CHANNEL_LENGTH} characters")
+    if not CHANNEL_RE.fullmatch(name):
+        raise BadRequest(
+            f"invalid channel name {name!r}: expected namespace[:id], "
+            "namespace of [a-z0-9_.-], id of [A-Za-z0-9_.@-]"
+        )
+    return name
+
+
+def namespace(channel: str) -> str:
+    return channel.partition(":")[0]
+
+
+def parse_channel_list(values: list[str]) -> list[str]:
+    """`?channel=a&channel=b,c` -> [a, b, c], validated, order kept, duplicates dropped."""
+    out: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(check_channel(part))
+    return out
+
+
+class ChannelPolicy:
+    def __init__(self, config: ChannelsConfig) -> None:
+        self.config = config
+
+    def history_enabled(self, channel: str) -> bool:
+        return self.config.rule(namespace(channel)).history
+
+    def can_subscribe(self, principal: Principal, channel: str) -> bool:
+        if principal.channels is not None and not any(
+            fnmatchcase(channel, pattern) for pattern in principal.channels
+        ):
+            return False
+        if principal.role == "admin":
+            return True
+        ns, _, ident = channel.partition(":")
+        if ns == PRIVATE_NAMESPACE:
+            return not principal.anonymous and ident == principal.sub
+        return principal.role in self.config.rule(ns).subscribe
+
+    def can_publish(self, principal: Principal, channel: str) -> bool:
+        if principal.role == "admin":
+            return True
+        return principal.role in self.config.rule(namespace(channel)).publish

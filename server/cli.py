@@ -1,0 +1,181 @@
+"""`sensorcast` / `python -m server`: serve, migrate, token, publish, tail, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from server.config import ROLES, Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sensorcast", description=__doc__)
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: ./{DEFAULT_CONFIG} when it exists, else built-in defaults)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", help="run the server")
+    m = sub.add_parser("migrate", help="apply pending database migrations")
+    m.add_argument("--dry-run", action="store_true", help="list pending migrations only")
+    t = sub.add_parser("token", help="mint a JWT (prints only the token)")
+    t.add_argument("--role", required=True, choices=ROLES)
+    t.add_argument("--sub", default="cli", help="subject (user id), default: cli")
+    t.add_argument("--name", help="display name claim")
+    t.add_argument("--ttl", type=float, default=3600, help="seconds until expiry (3600)")
+    t.add_argument("--channels", help="comma-separated channel patterns the token is limited to")
+    for name, help_ in (("publish", "publish an event"), ("tail", "print live events")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--url", help="server URL (default: from the config's host and port)")
+        c.add_argument("--token", help="token to use (default: one minted from the local secret)")
+        if name == "publish":
+            c.add_argument("channel")
+            c.add_argument("json", help="the event, as a JSON object")
+        else:
+            c.add_argument("channels", nargs="+", metavar="CHANNEL")
+    b = sub.add_parser("bench", help="benchmark fan-out, latency and memory (see README)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _load(path: str | None) -> Config:
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    return load_config(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"sensorcast: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(COMMANDS[args.command](config, args) or 0)
+    except _Fatal as exc:
+        print(f"sensorcast: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+class _Fatal(Exception):
+    """A start-up problem the operator must fix; printed as one line, no traceback."""
+
+
+def serve(config: Config, args: argparse.Namespace) -> int:
+    import uvloop
+    from aiohttp import web
+
+    from server.app import create_app
+    from server.logs import setup_logging
+    from server.storage import StorageError
+
+    setup_logging(config.logging)
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.server.host,
+            port=config.server.port,
+            shutdown_timeout=config.server.shutdown_timeout,
+            loop=uvloop.new_event_loop(),
+            print=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    except StorageError as exc:
+        raise _Fatal(str(exc)) from None
+    except OSError as exc:
+        raise _Fatal(f"cannot serve on {config.server.host}:{config.server.port}: {exc}") from None
+    return 0
+
+
+def migrate(config: Config, args: argparse.Namespace) -> int:
+    from server.storage import StorageError, open_storage
+    from server.storage.migrate import MIGRATIONS_DIR, apply, pending
+
+    async def run() -> int:
+        db = config.database
+        storage = await open_storage(
+            db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
+        )
+        try:
+            if args.dry_run:
+                todo = await pending(storage, MIGRATIONS_DIR)
+                for m in todo:
+                    print(f"pending {m.version:04d} {m.name}")
+                if not todo:
+                    print("up to date")
+                return 0
+            done = await apply(storage, MIGRATIONS_DIR)
+            for m in done:
+                print(f"applied {m.version:04d} {m.name}")
+            if not done:
+                print("up to date")
+            return 0
+        finally:
+            await storage.close()
+
+    try:
+        return asyncio.run(run())
+    except StorageError as exc:
+        raise _Fatal(str(exc)) from None
+
+
+def token(config: Config, args: argparse.Namespace) -> int:
+    from server.auth import Authenticator
+
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    auth = Authenticator(config.auth, config.var_dir)
+    try:
+        print(auth.mint(args.sub, args.role, args.ttl, name=args.name, channels=channels))
+    except RuntimeError as exc:
+        raise _Fatal(str(exc)) from None
+    return 0
+
+
+def _client_setup(config: Config, args: argparse.Namespace) -> tuple[str, str]:
+    from server.auth import Authenticator
+
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = (args.url or f"http://{host}:{config.server.port}").rstrip("/")
+    tok = args.token or Authenticator(config.auth, config.var_dir).mint("cli", "service", 3600)
+    return url, tok
+
+
+def publish(config: Config, args: argparse.Namespace) -> int:
+    from server.client_cli import publish_once
+
+    url, tok = _client_setup(config, args)
+    return asyncio.run(publish_once(url, tok, args.channel, args.json))
+
+
+def tail(config: Config, args: argparse.Namespace) -> int:
+    from server.client_cli import tail_channels
+
+    url, tok = _client_setup(config, args)
+    return asyncio.run(tail_channels(url, tok, args.channels))
+
+
+def bench(config: Config, args: argparse.Namespace) -> int:
+    from server.bench_cli import run_bench
+
+    rest = [a for a in args.bench_args if a != "--"]
+    return run_bench(rest, args.config)
+
+
+COMMANDS: dict[str, Any] = {
+    "serve": serve,
+    "migrate": migrate,
+    "token": token,
+    "publish": publish,
+    "tail": tail,
+    "bench": bench,
+}

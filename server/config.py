@@ -1,0 +1,295 @@
+"""Configuration: config.yaml + SENSORCAST_<SECTION>_<KEY> environment overrides.
+
+Each section is a frozen dataclass; its marshmallow schema is derived from the field types
+so a setting is declared once. Loading never raises anything but ConfigError, whose message
+is the one line the CLI prints before exiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+
+ENV_PREFIX = "SENSORCAST_"
+# Reserved for the test suite's own knobs (database URLs and the like).
+ENV_RESERVED = ("SENSORCAST_TEST_",)
+ROLES = ("admin", "service", "user", "device")
+ANONYMOUS = "anonymous"
+
+
+class ConfigError(Exception):
+    """A bad setting; str() is one line naming the key and the problem."""
+
+
+def setting(default: Any, check: validate.Validator | None = None) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = setting(8000, validate.Range(0, 65535))
+    shutdown_timeout: float = setting(10.0, validate.Range(min=0))
+    allowed_origins: list[str] = setting(["*"])
+    max_body_bytes: int = setting(8 * 1024 * 1024, validate.Range(min=1024))
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = "sqlite:///var/sensorcast.db"
+    pool_min: int = setting(1, validate.Range(min=0))
+    pool_max: int = setting(10, validate.Range(min=1))
+    auto_migrate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    # Only the in-process backend exists so far; `redis` arrives with scale-out.
+    backend: Literal["local"] = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    size: int = setting(100, validate.Range(min=0))
+    ttl: float = setting(300.0, validate.Range(min=0))
+
+
+@dataclass(frozen=True, slots=True)
+class WsConfig:
+    heartbeat: float = setting(20.0, validate.Range(min=0))
+    max_message_bytes: int = setting(64 * 1024, validate.Range(min=256))
+    max_queue_bytes: int = setting(1024 * 1024, validate.Range(min=1024))
+    rate_limit: float = setting(100.0, validate.Range(min=0))
+    rate_burst: float = setting(200.0, validate.Range(min=0))
+    max_connections: int = setting(10000, validate.Range(min=0))
+    max_connections_per_ip: int = setting(1000, validate.Range(min=0))
+    duplicate_client_id: Literal["reject", "replace"] = "reject"
+    compression: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    name: str = setting("", validate.Length(min=1))
+    token: str = setting("", validate.Length(min=16))
+    role: Literal["admin", "service", "user", "device"] = "service"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    allow_anonymous: bool = True
+    anonymous_writes: bool = False
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_leeway: float = setting(0.0, validate.Range(min=0))
+    api_tokens: list[ApiToken] = setting([])
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceRule:
+    # Roles that may subscribe / publish from a client; `anonymous` means sockets without a
+    # token. admin may always do both.
+    subscribe: list[str] = setting([ANONYMOUS, *ROLES])
+    publish: list[str] = setting([])
+    history: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsConfig:
+    namespaces: dict[str, NamespaceRule] = setting({})
+
+    def rule(self, namespace: str) -> NamespaceRule:
+        return self.namespaces.get(namespace) or self.namespaces.get("default") or _OPEN
+
+
+_OPEN = NamespaceRule()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    ws: WsConfig = field(default_factory=WsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Directory of the config file: relative paths (SQLite file, var/) resolve against it.
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def var_dir(self) -> Path:
+        return self.base_dir / "var"
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+SECTIONS: dict[str, type] = {
+    name: tp for name, tp in typing.get_type_hints(Config).items() if name != "base_dir"
+}
+
+
+def _marshmallow_field(tp: Any, check: validate.Validator | None) -> fields.Field:
+    origin = typing.get_origin(tp)
+    kw: dict[str, Any] = {"required": False}
+    if check is not None:
+        kw["validate"] = check
+    if tp is bool:
+        return fields.Boolean(**kw)
+    if tp is int:
+        return fields.Integer(strict=False, **kw)
+    if tp is float:
+        return fields.Float(allow_nan=False, **kw)
+    if tp is str:
+        return fields.String(**kw)
+    if origin is Literal:
+        return fields.String(validate=validate.OneOf(typing.get_args(tp)), required=False)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        inner = (
+            fields.Nested(schema_for(item))
+            if isinstance(item, type) and dataclasses.is_dataclass(item)
+            else _marshmallow_field(item, None)
+        )
+        return fields.List(inner, **kw)
+    if origin is dict:
+        _, value = typing.get_args(tp)
+        return fields.Dict(keys=fields.String(), values=fields.Nested(schema_for(value)), **kw)
+    raise TypeError(f"no marshmallow field for {tp!r}")
+
+
+@functools.cache
+def schema_for(cls: type) -> Schema:
+    """A marshmallow schema that loads a mapping into an instance of dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    attrs: dict[str, Any] = {
+        f.name: _marshmallow_field(hints[f.name], f.metadata.get("check"))
+        for f in dataclasses.fields(cls)
+    }
+
+    def make(self: Schema, data: dict[str, Any], **_: Any) -> Any:
+        return cls(**data)
+
+    attrs["make"] = post_load(make)
+    attrs["Meta"] = type("Meta", (), {"unknown": RAISE})
+    return Schema.from_dict(attrs, name=f"{cls.__name__}Schema")()
+
+
+def _first_error(messages: Any, path: tuple[str, ...] = ()) -> tuple[str, str]:
+    if isinstance(messages, Mapping):
+        key, value = next(iter(messages.items()))
+        return _first_error(value, (*path, str(key)))
+    if isinstance(messages, list) and messages:
+        if all(isinstance(m, str) for m in messages):
+            return ".".join(path), " ".join(messages)
+        return _first_error(messages[0], path)
+    return ".".join(path), str(messages)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_RESERVED):
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"{name}: names no setting (SENSORCAST_<SECTION>_<KEY>)")
+        hints = typing.get_type_hints(SECTIONS[section])
+        if key not in hints:
+            raise ConfigError(f"{name}: {section}.{key} names no setting")
+        value: Any = raw
+        if typing.get_origin(hints[key]) in (list, dict):
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ConfigError(f"{name}: {section}.{key} must be given as JSON") from None
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (if any), apply environment overrides, validate, return Config."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path).expanduser().resolve()
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded or {}
+        base_dir = p.parent
+    for section, values in _env_overrides(environ).items():
+        current = data.get(section)
+        if current is not None and not isinstance(current, dict):
+            raise ConfigError(f"{section}: must be a mapping")
+        data[section] = {**(current or {}), **values}
+
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{name}: names no setting (sections: {', '.join(SECTIONS)})")
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: must be a mapping of settings")
+        try:
+            sections[name] = schema_for(SECTIONS[name]).load(value)
+        except ValidationError as exc:
+            key, problem = _first_error(exc.messages)
+            if problem == "Unknown field.":
+                problem = "names no setting"
+            raise ConfigError(f"{name}.{key}: {problem}") from None
+    config = Config(**sections, base_dir=base_dir)
+    _check_cross_field(config)
+    return config
+
+
+def _check_cross_field(config: Config) -> None:
+    for ns, rule in config.channels.namespaces.items():
+        for action in ("subscribe", "publish"):
+            for role in getattr(rule, action):
+                if role not in (*ROLES, ANONYMOUS):
+                    raise ConfigError(
+                        f"channels.namespaces.{ns}.{action}: unknown role {role!r} "
+                        f"(one of {', '.join((*ROLES, ANONYMOUS))})"
+                    )
+    if config.database.pool_min > config.database.pool_max:
+        raise ConfigError("database.pool_min: must not exceed database.pool_max")
+    url = config.database.url
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            "database.url: must be sqlite:///PATH or postgresql://user:pass@host:port/db"
+        )
+    if config.auth.jwt_algorithm != "HS256" and not config.auth.jwt_public_key:
+        raise ConfigError(
+            f"auth.jwt_public_key: required with jwt_algorithm {config.auth.jwt_algorithm}"
+        )

@@ -1,0 +1,180 @@
+"""Channel hub: which sockets a publication reaches, framed once, the same bytes to each.
+
+The hub is the bus's receiver. Per publication it resolves, per socket, the first of the
+publication's channels that socket is subscribed to (so a socket on several of them gets it
+exactly once), frames the payload once per such channel and writes the bytes to every
+socket without awaiting any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from server.bus import Bus, Position, Publication
+from server.ws import frames
+from server.ws.connection import SLOW_CONSUMER, Connection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class HubStats:
+    connections_total: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    publications: int = 0
+    dropped_slow_consumers: int = 0
+    closed_by_policy: int = 0
+
+
+class Hub:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.channels: dict[str, set[Connection]] = {}
+        self.clients: dict[str, Connection] = {}
+        self.per_ip: Counter[str] = Counter()
+        self.stats = HubStats()
+        self.started_at = time.monotonic()
+        bus.on_publication.append(self.on_publication)
+
+    # -- connections -------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.clients[conn.client_id] = conn
+        self.per_ip[conn.ip] += 1
+        self.stats.connections_total += 1
+
+    def remove(self, conn: Connection) -> None:
+        """Forget a socket: its subscriptions and, if still registered as such, its client_id."""
+        for channel in conn.subscriptions:
+            self._discard(channel, conn)
+        conn.subscriptions.clear()
+        if self.clients.get(conn.client_id) is conn:
+            del self.clients[conn.client_id]
+        self.per_ip[conn.ip] -= 1
+        if self.per_ip[conn.ip] <= 0:
+            del self.per_ip[conn.ip]
+
+    def on_drop(self, conn: Connection, reason: str) -> None:
+        """A socket closed for policy; the endpoint's cleanup removes it from the hub."""
+        self.stats.closed_by_policy += 1
+        if reason == SLOW_CONSUMER:
+            self.stats.dropped_slow_consumers += 1
+
+    def _discard(self, channel: str, conn: Connection) -> None:
+        subs = self.channels.get(channel)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self.channels[channel]
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        conn: Connection,
+        channel: str,
+        since: Position | None = None,
+        reply: dict[str, Any] | None = None,
+    ) -> None:
+        """Subscribe, answer `subscribed`, then (with `since`) the missed publications.
+
+        Publications arriving while the history is read are held back and sent after it,
+        skipping what the history already held, so there is no gap and no duplicate.
+        """
+        self.channels.setdefault(channel, set()).add(conn)
+        if since is None:
+            position = await self.bus.position(channel)
+            conn.subscriptions[channel] = position.offset + 1
+            conn.send(self._subscribed(channel, position, None, reply))
+            return
+        held: list[Publication] = []
+        if conn.recovering is None:
+            conn.recovering = {}
+        conn.recovering[channel] = held
+        try:
+            recovery = await self.bus.recover(channel, since)
+        except BaseException:
+            self._discard(channel, conn)
+            raise
+        finally:
+            del conn.recovering[channel]
+            if not conn.recovering:
+                conn.recovering = None
+        position = recovery.position
+        first = since.offset + 1 if recovery.recovered else position.offset + 1
+        conn.send(self._subscribed(channel, position, recovery.recovered, reply))
+        last = since.offset
+        for pub in recovery.publications:
+            if not self._delivered_elsewhere(conn, pub, channel):
+                conn.send(pub.payload(channel))
+            last = pub.offsets[channel]
+        conn.subscriptions[channel] = first
+        for pub in held:
+            if pub.offsets[channel] > last:
+                conn.send(pub.payload(channel))
+
+    @staticmethod
+    def _delivered_elsewhere(conn: Connection, pub: Publication, channel: str) -> bool:
+        subs = conn.subscriptions
+        for other in pub.channels:
+            if other != channel and other in subs and pub.offsets[other] >= subs[other]:
+                return True
+        return False
+
+    @staticmethod
+    def _subscribed(
+        channel: str, position: Position, recovered: bool | None, reply: dict[str, Any] | None
+    ) -> bytes:
+        fields: dict[str, Any] = dict(reply or {})
+        fields.update(channel=channel, offset=position.offset, epoch=position.epoch)
+        if recovered is not None:
+            fields["recovered"] = recovered
+        return frames.encode("subscribed", **fields)
+
+    def unsubscribe(self, conn: Connection, channel: str) -> bool:
+        if conn.subscriptions.pop(channel, None) is None:
+            return False
+        self._discard(channel, conn)
+        return True
+
+    # -- fan-out -----------------------------------------------------------------------
+
+    async def on_publication(self, pub: Publication) -> None:
+        self.stats.publications += 1
+        reached = [(ch, subs) for ch in pub.channels if (subs := self.channels.get(ch))]
+        if not reached:
+            return
+        # Only a socket on two of the reached channels could be counted twice.
+        seen: set[Connection] | None = set() if len(reached) > 1 else None
+        sent = 0
+        for channel, subs in reached:
+            payload = pub.payload(channel)
+            wire = frames.text_frame(payload)
+            # A copy: a socket dropped meanwhile stays in `subs` until its cleanup anyway,
+            # but a subscribe from a callback must not break this loop.
+            for conn in tuple(subs):
+                if seen is not None:
+                    if conn in seen:
+                        continue
+                    seen.add(conn)
+                recovering = conn.recovering
+                if recovering is not None and channel in recovering:
+                    recovering[channel].append(pub)
+                elif conn.write(wire, payload):
+                    sent += 1
+        self.stats.messages_out += sent
+
+    # -- introspection -------------------------------------------------------------------
+
+    def channel_stats(self, channel: str) -> dict[str, Any]:
+        subs = self.channels.get(channel, ())
+        return {
+            "channel": channel,
+            "subscribers": len(subs),
+            "users": sorted({c.principal.sub for c in subs}),
+        }

@@ -1,0 +1,29 @@
+"""Every piece of typed app state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiojobs
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from server.api.operations import Operation
+    from server.auth import Authenticator
+    from server.bus import Bus
+    from server.channels import ChannelPolicy
+    from server.config import Config
+    from server.hub import Hub
+    from server.services import Services
+    from server.ws.commands import Dispatcher
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+POLICY: web.AppKey[ChannelPolicy] = web.AppKey("policy")
+BUS: web.AppKey[Bus] = web.AppKey("bus")
+HUB: web.AppKey[Hub] = web.AppKey("hub")
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operations")
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+OPENAPI = web.AppKey("openapi", bytes)
+JOBS = web.AppKey("jobs", aiojobs.Scheduler)

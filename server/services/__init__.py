@@ -1,0 +1,19 @@
+"""Domain services: pure of HTTP; REST views and WebSocket frames both call them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.bus import Bus
+from server.services.events import EventService
+from server.storage import Storage
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    storage: Storage
+    events: EventService
+
+
+def create_services(storage: Storage, bus: Bus) -> Services:
+    return Services(storage=storage, events=EventService(bus))

@@ -1,0 +1,1 @@
+"""WebSocket protocol: endpoint, per-connection budgets, frames and client commands."""

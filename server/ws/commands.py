@@ -1,0 +1,220 @@
+"""Client frames: @command(type, Schema) handlers and the dispatcher that runs them.
+
+Every failure becomes an `error` frame (with the client's `id`) and the socket stays open;
+frames from one socket are handled one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from server import codec
+from server.api.operations import Ctx, Operation
+from server.bus import Position
+from server.channels import ChannelPolicy, check_channel
+from server.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidJson,
+    UnknownType,
+    ValidationFailed,
+)
+from server.ws import frames
+
+if TYPE_CHECKING:
+    from server.config import Config
+    from server.hub import Hub
+    from server.services import Services
+    from server.ws.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class FrameId(fields.Field):
+    """A client's `id`: a string or an integer, echoed as is."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValidationError("id must be a string or an integer")
+        return value
+
+
+class Frame(Schema):
+    class Meta:
+        # Newer clients may send fields this server does not know yet: ignore, don't fail.
+        unknown = EXCLUDE
+
+    type = fields.String(required=True)
+    id = FrameId(load_default=None)
+
+
+def _channel(value: str) -> None:
+    try:
+        check_channel(value)
+    except BadRequest as exc:
+        raise ValidationError(exc.message) from None
+
+
+class SinceIn(Schema):
+    offset = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    epoch = fields.String(required=True)
+
+
+class SubscribeFrame(Frame):
+    channel = fields.String(required=True, validate=_channel)
+    since = fields.Nested(SinceIn, load_default=None)
+
+
+class ChannelFrame(Frame):
+    channel = fields.String(required=True, validate=_channel)
+
+
+class PublishFrame(ChannelFrame):
+    data = fields.Raw(required=True)
+
+    @validates_schema
+    def _data_present(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("data") is None:
+            raise ValidationError("data is required", "data")
+
+
+class RequestFrame(Frame):
+    resource = fields.String(required=True)
+    action = fields.String(required=True)
+    payload = fields.Dict(load_default=dict)
+
+
+@dataclass(slots=True)
+class Session:
+    """What a command handler works with: the socket and the app's parts."""
+
+    conn: Connection
+    dispatcher: Dispatcher
+
+    def reply(self, type: str, id: Any, **fields: Any) -> None:
+        if id is not None:
+            fields["id"] = id
+        self.conn.send(frames.encode(type, **fields))
+
+    def ctx(self) -> Ctx:
+        d = self.dispatcher
+        return Ctx(self.conn.principal, d.services(), d.hub, d.config)
+
+
+CommandFn = Callable[[Session, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    type: str
+    schema: Schema
+    fn: CommandFn
+
+
+def command(type: str, schema: type[Schema]) -> Callable[[CommandFn], Command]:
+    def decorate(fn: CommandFn) -> Command:
+        return Command(type, schema(), fn)
+
+    return decorate
+
+
+@command("subscribe", SubscribeFrame)
+async def subscribe(session: Session, frame: dict[str, Any]) -> None:
+    channel, conn = frame["channel"], session.conn
+    if not session.dispatcher.policy.can_subscribe(conn.principal, channel):
+        raise Forbidden(f"not allowed to subscribe to {channel}")
+    if channel in conn.subscriptions:
+        raise Conflict(f"already subscribed to {channel}")
+    since = frame["since"]
+    position = Position(since["offset"], since["epoch"]) if since else None
+    reply = {"id": frame["id"]} if frame["id"] is not None else None
+    await session.dispatcher.hub.subscribe(conn, channel, position, reply)
+
+
+@command("unsubscribe", ChannelFrame)
+async def unsubscribe(session: Session, frame: dict[str, Any]) -> None:
+    # Idempotent, as in Centrifugo: unsubscribing from a channel one is not on is no error.
+    session.dispatcher.hub.unsubscribe(session.conn, frame["channel"])
+    session.reply("unsubscribed", frame["id"], channel=frame["channel"])
+
+
+@command("publish", PublishFrame)
+async def publish(session: Session, frame: dict[str, Any]) -> None:
+    channel = frame["channel"]
+    if not session.dispatcher.policy.can_publish(session.conn.principal, channel):
+        raise Forbidden(f"clients may not publish to {channel}")
+    data = frame["data"]
+    event = data if isinstance(data, dict) else {"value": data}
+    result = await session.dispatcher.services().events.publish([channel], event)
+    session.reply("response", frame["id"], data=result)
+
+
+@command("ping", Frame)
+async def ping(session: Session, frame: dict[str, Any]) -> None:
+    session.reply("pong", frame["id"])
+
+
+@command("request", RequestFrame)
+async def request(session: Session, frame: dict[str, Any]) -> None:
+    op = session.dispatcher.operations.get((frame["resource"], frame["action"]))
+    if op is None:
+        raise BadRequest(
+            f"unknown operation {frame['resource']}/{frame['action']}",
+            {"operations": sorted(f"{r}/{a}" for r, a in session.dispatcher.operations)},
+        )
+    data = await op.run(session.ctx(), frame["payload"])
+    session.reply("response", frame["id"], data=data)
+
+
+COMMANDS = (subscribe, unsubscribe, publish, ping, request)
+
+
+class Dispatcher:
+    """Runs one client frame: decode, validate, call its command, turn errors into frames."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        policy: ChannelPolicy,
+        config: Config,
+        operations: dict[tuple[str, str], Operation],
+        services: Callable[[], Services],
+    ) -> None:
+        self.hub = hub
+        self.policy = policy
+        self.config = config
+        self.operations = operations
+        self.services = services
+        self.commands = {c.type: c for c in COMMANDS}
+
+    async def handle(self, conn: Connection, data: str) -> None:
+        frame_id: Any = None
+        try:
+            try:
+                raw = codec.loads(data)
+            except codec.JSONDecodeError as exc:
+                raise InvalidJson(f"invalid JSON: {exc}") from None
+            if not isinstance(raw, dict):
+                raise BadRequest("a frame must be a JSON object")
+            frame_id = raw.get("id") if isinstance(raw.get("id"), str | int) else None
+            kind = raw.get("type")
+            cmd = self.commands.get(kind) if isinstance(kind, str) else None
+            if cmd is None:
+                raise UnknownType(f"unknown frame type {kind!r}", {"types": sorted(self.commands)})
+            try:
+                frame = cmd.schema.load(raw)
+            except ValidationError as exc:
+                raise ValidationFailed("invalid frame", exc.messages) from None
+            await cmd.fn(Session(conn, self), frame)
+        except ApiError as exc:
+            conn.send(frames.error(exc, frame_id))
+        except Exception:
+            log.exception("frame handler failed for %s", conn.client_id)
+            conn.send(frames.error(ApiError(), frame_id))

@@ -1,0 +1,166 @@
+"""One socket's state: subscriptions, outbound budget and inbound rate limit.
+
+Outbound: bytes are written straight to the transport (no task, no await); the transport's
+own buffer is the backlog and coalesces writes while the peer is slow. When what the
+transport still buffers passes `max_queue_bytes`, the socket is a slow consumer and is
+closed with 4008 instead of slowing anyone else down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from server.ws import frames
+
+if TYPE_CHECKING:
+    from server.auth import Principal
+    from server.bus import Publication
+
+log = logging.getLogger(__name__)
+
+SLOW_CONSUMER = "slow consumer"
+
+
+class TokenBucket:
+    """`rate` frames/s with bursts of `burst`; remembers since when the peer is over it."""
+
+    __slots__ = ("burst", "limited_since", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.tokens = self.burst
+        self.updated = time.monotonic()
+        self.limited_since: float | None = None
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.limited_since = None
+            return True
+        if self.limited_since is None:
+            self.limited_since = now
+        return False
+
+
+class Connection:
+    __slots__ = (
+        "_compressed",
+        "_sender",
+        "_transport",
+        "client_id",
+        "closer",
+        "closing",
+        "connected_at",
+        "ip",
+        "limit",
+        "on_drop",
+        "principal",
+        "rate",
+        "recovering",
+        "subscriptions",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        client_id: str,
+        principal: Principal,
+        ip: str,
+        max_queue_bytes: int,
+        rate: TokenBucket | None,
+        on_drop: Callable[[Connection, str], None],
+    ) -> None:
+        self.ws = ws
+        self.client_id = client_id
+        self.principal = principal
+        self.ip = ip
+        self.limit = max_queue_bytes
+        self.rate = rate
+        self.on_drop = on_drop
+        self.connected_at = time.monotonic()
+        self.closing = False
+        self.closer: asyncio.Task[bool] | None = None
+        # channel -> first offset this connection receives there (live or recovered): a
+        # publication also on another channel at or past that offset was already delivered.
+        self.subscriptions: dict[str, int] = {}
+        # channel -> publications held back while that channel's recovery is under way.
+        self.recovering: dict[str, list[Publication]] | None = None
+        writer = ws._writer
+        assert writer is not None, "connection made before the handshake"
+        self._transport: asyncio.Transport = writer.transport
+        # permessage-deflate frames are per socket: those go through aiohttp's writer, in order.
+        self._compressed: deque[bytes] | None = deque() if ws.compress else None
+        self._sender: asyncio.Task[None] | None = None
+
+    @property
+    def user(self) -> dict[str, Any]:
+        return self.principal.public()
+
+    def buffered(self) -> int:
+        size = self._transport.get_write_buffer_size()
+        if self._compressed:
+            size += sum(map(len, self._compressed))
+        return size
+
+    def write(self, wire: bytes, payload: bytes) -> bool:
+        """Hand a framed message to the socket without waiting; False if it was dropped."""
+        if self.closing:
+            return False
+        if self._compressed is not None:
+            self._compressed.append(payload)
+            if len(self._compressed) == 1:
+                self._sender = asyncio.get_running_loop().create_task(self._send_compressed())
+        else:
+            transport = self._transport
+            if transport.is_closing():
+                return False
+            transport.write(wire)
+        if self.buffered() > self.limit:
+            self.drop(SLOW_CONSUMER)
+            return False
+        return True
+
+    def send(self, payload: bytes) -> bool:
+        """A frame for this socket only (replies, errors): framed here, same budget."""
+        return self.write(frames.text_frame(payload), payload)
+
+    async def _send_compressed(self) -> None:
+        queue = self._compressed
+        assert queue is not None
+        try:
+            while queue and not self.closing:
+                await self.ws.send_frame(queue[0], WSMsgType.TEXT)
+                queue.popleft()
+        except (ConnectionError, RuntimeError):
+            queue.clear()
+
+    def drop(self, reason: str) -> None:
+        """Close with 4008 (policy) because of `reason`, and tell the hub."""
+        if self.closing:
+            return
+        log.warning("closing %s (%s): %s", self.client_id, self.ip, reason)
+        self.on_drop(self, reason)
+        self.close_soon(frames.CLOSE_POLICY, reason)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the endpoint's read loop then ends and cleans up."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._compressed:
+            self._compressed.clear()
+        # The endpoint awaits this task before it returns, which also keeps it referenced.
+        self.closer = asyncio.get_running_loop().create_task(
+            self.ws.close(code=code, message=reason.encode(), drain=False)
+        )
