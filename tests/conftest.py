@@ -59,7 +59,9 @@ class WS:
     async def nothing(self, within: float = 0.2) -> None:
         """Assert no frame arrives within `within` seconds."""
         try:
-            msg = await self.ws.receive(timeout=within)
+            # An outer timeout: receive()'s own restarts after each ping it answers.
+            async with asyncio.timeout(within):
+                msg = await self.ws.receive()
         except TimeoutError:
             return
         raise AssertionError(f"unexpected frame: {msg!r}")

@@ -29,9 +29,13 @@ SLOW_CONSUMER = "slow consumer"
 
 
 class TokenBucket:
-    """`rate` frames/s with bursts of `burst`; remembers since when the peer is over it."""
+    """`rate` frames/s with bursts of `burst`; remembers since when the peer is over it.
 
-    __slots__ = ("burst", "limited_since", "rate", "tokens", "updated")
+    A peer stays "over its limit" while it gets refused at least once a second, so a flood
+    that the refill lets through now and then still counts as one sustained flood.
+    """
+
+    __slots__ = ("burst", "last_refused", "limited_since", "rate", "tokens", "updated")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
@@ -39,16 +43,19 @@ class TokenBucket:
         self.tokens = self.burst
         self.updated = time.monotonic()
         self.limited_since: float | None = None
+        self.last_refused = 0.0
 
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
-            self.limited_since = None
+            if self.limited_since is not None and now - self.last_refused > 1.0:
+                self.limited_since = None
             return True
         if self.limited_since is None:
             self.limited_since = now
+        self.last_refused = now
         return False
 
 

@@ -1,0 +1,174 @@
+"""Limits: frame size, floods, duplicates, connection caps, slow consumers, dead peers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+
+import aiohttp
+
+from server.keys import BUS, HUB
+from server.ws.endpoint import close_all
+from tests.conftest import eventually, open_ws
+
+
+async def test_frame_over_max_message_bytes_closes_1009(client, connect):
+    ws = await connect()
+    await ws.send('{"type":"ping","pad":"' + "x" * 70_000 + '"}')
+    code, _ = await ws.closed()
+    assert code == 1009
+    await eventually(lambda: client.app[HUB].clients == {})
+
+
+async def test_frame_just_under_the_limit_is_handled(client, connect):
+    ws = await connect()
+    pad = "x" * (65536 - 40)
+    pong = await ws.request({"type": "ping", "id": 1, "pad": pad})
+    assert pong["type"] == "pong"
+
+
+async def test_flood_gets_rate_limited_errors_then_recovers(make_client):
+    client = await make_client({"ws": {"rate_limit": 10, "rate_burst": 5}})
+    ws = await open_ws(client)
+    for i in range(8):
+        await ws.send({"type": "ping", "id": i})
+    replies = [await ws.recv() for _ in range(8)]
+    assert [r["type"] for r in replies[:5]] == ["pong"] * 5
+    assert {r["type"] for r in replies[5:]} == {"error"}
+    assert {r["code"] for r in replies[5:]} == {"rate_limited"}
+    assert replies[5]["details"]["retry_after"] > 0
+    await asyncio.sleep(0.25)  # the bucket refills at 10/s
+    assert (await ws.request({"type": "ping", "id": "ok"}))["type"] == "pong"
+
+
+async def test_sustained_flood_closes_4008_after_five_seconds(make_client):
+    client = await make_client({"ws": {"rate_limit": 1, "rate_burst": 1}})
+    ws = await open_ws(client)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    closed = asyncio.ensure_future(ws.closed(timeout=10))
+    while not closed.done() and loop.time() - start < 8:
+        try:
+            await ws.ws.send_str('{"type":"ping"}')
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.05)
+    code, reason = await closed
+    assert (code, reason) == (4008, "rate limit exceeded")
+    assert 4.9 <= loop.time() - start < 7
+    assert client.app[HUB].stats.closed_by_policy == 1
+
+
+async def test_duplicate_client_id_is_rejected_by_default(client):
+    first = await open_ws(client, "/api/v1/ws?client_id=dev-1")
+    second = await open_ws(client, "/api/v1/ws?client_id=dev-1", handshake=False)
+    assert await second.closed() == (4009, "duplicate client_id")
+    assert (await first.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_duplicate_client_id_replace_closes_the_old_socket(make_client):
+    client = await make_client({"ws": {"duplicate_client_id": "replace"}})
+    first = await open_ws(client, "/api/v1/ws?client_id=dev-1")
+    second = await open_ws(client, "/api/v1/ws?client_id=dev-1")
+    assert await first.closed() == (4009, "replaced by a new connection")
+    assert (await second.request({"type": "ping"}))["type"] == "pong"
+    assert client.app[HUB].clients["dev-1"].ws is not None
+    await client.app[BUS].publish(["general"], "event", {"data": 1})
+    assert (await second.recv_type("event"))["data"] == 1
+
+
+async def test_connection_limits_close_4008_with_a_reason(make_client):
+    client = await make_client({"ws": {"max_connections": 2}})
+    keep = [await open_ws(client) for _ in range(2)]
+    extra = await open_ws(client, handshake=False)
+    assert await extra.closed() == (4008, "too many connections")
+    await keep[0].close()
+    await eventually(lambda: len(client.app[HUB].clients) == 1)
+    again = await open_ws(client)
+    assert (await again.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_per_ip_limit(make_client):
+    client = await make_client({"ws": {"max_connections_per_ip": 1}})
+    await open_ws(client)
+    extra = await open_ws(client, handshake=False)
+    assert await extra.closed() == (4008, "too many connections from this address")
+
+
+async def _stalled_reader(host: str, port: int, path: str) -> socket.socket:
+    """A raw WebSocket client that completes the handshake and then never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+async def test_stalled_reader_is_dropped_4008_while_others_keep_receiving(make_client):
+    client = await make_client({"ws": {"max_queue_bytes": 64 * 1024}})
+    hub = client.app[HUB]
+    stalled = await _stalled_reader(client.host, client.port, "/api/v1/ws?channel=firehose")
+    healthy = await open_ws(client, "/api/v1/ws?channel=firehose")
+    await eventually(lambda: len(hub.channels.get("firehose", ())) == 2)
+    bus = client.app[BUS]
+    blob = "y" * 8000
+    count = 400  # ~3.2 MB: more than the stalled socket's kernel buffers plus its budget
+    received = 0
+    for i in range(count):
+        await bus.publish(["firehose"], "event", {"data": {"i": i, "blob": blob}})
+        if i % 20 == 0:
+            # Let the healthy client read while we publish.
+            while True:
+                try:
+                    msg = await healthy.ws.receive(timeout=0.001)
+                except TimeoutError:
+                    break
+                assert msg.type is aiohttp.WSMsgType.TEXT
+                received += 1
+    while received < count:
+        msg = await healthy.ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.TEXT
+        received += 1
+    assert received == count
+    assert hub.stats.dropped_slow_consumers == 1
+    slow = [c for c in hub.clients.values() if c.ws is not None and c.closing]
+    assert len(slow) <= 1
+    stalled.close()
+    await eventually(lambda: len(hub.clients) == 1, timeout=8)
+
+
+async def test_peer_that_misses_the_pong_is_closed_and_cleaned_up(make_client):
+    client = await make_client({"ws": {"heartbeat": 0.2}})
+    ws = await client.ws_connect("/api/v1/ws", autoping=False)
+    assert (await ws.receive_json())["type"] == "connection"
+    await eventually(lambda: client.app[HUB].clients == {}, timeout=3)
+    await ws.close()
+
+
+async def test_peer_answering_pings_stays_connected(make_client):
+    client = await make_client({"ws": {"heartbeat": 0.1}})
+    ws = await open_ws(client)
+    await ws.nothing(within=0.5)  # reading, so the client answers the pings meanwhile
+    assert (await ws.request({"type": "ping"}))["type"] == "pong"
+    assert len(client.app[HUB].clients) == 1
+
+
+async def test_shutdown_closes_every_socket_with_1001(client):
+    sockets = [await open_ws(client) for _ in range(3)]
+    await close_all(client.app)
+    for ws in sockets:
+        assert await ws.closed() == (1001, "server shutting down")
+    await eventually(lambda: client.app[HUB].clients == {})
