@@ -33,7 +33,7 @@ HISTORY_TRIM_SECONDS = 30.0
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
-    app[AUTH] = Authenticator(config.auth, config.var_dir)
+    app[AUTH] = Authenticator(config.auth, config.var_dir, config.base_dir)
     policy = app[POLICY] = ChannelPolicy(config.channels)
     bus = app[BUS] = Bus(
         LocalBackend(config.history.size, config.history.ttl, policy.history_enabled)

@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from server.config import ANONYMOUS, AuthConfig
+from server.config import ANONYMOUS, AuthConfig, ConfigError
 from server.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -51,28 +51,44 @@ def load_or_create_secret(var_dir: Path) -> str:
         pass
     var_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
-    # O_EXCL: two processes starting at once must not overwrite each other's secret.
+    # Written whole to a private temp file, then linked into place: two processes starting
+    # at once never see a half-written file, and the loser reads the winner's secret.
+    tmp = var_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(secret + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secret + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text(encoding="utf-8").strip()
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("generated a JWT secret in %s", path)
     return secret
 
 
+def read_public_key(key: str, base_dir: Path) -> str:
+    """`auth.jwt_public_key` is the PEM text itself or a path (relative to the config)."""
+    if "-----BEGIN" in key:
+        return key
+    path = Path(key).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"auth.jwt_public_key: cannot read {path} ({exc.strerror})") from None
+
+
 class Authenticator:
-    def __init__(self, config: AuthConfig, var_dir: Path) -> None:
+    def __init__(self, config: AuthConfig, var_dir: Path, base_dir: Path) -> None:
         self.config = config
         self.algorithm = config.jwt_algorithm
         if self.algorithm == "HS256":
             self.verify_key = config.jwt_secret or load_or_create_secret(var_dir)
             self.signing_key: str | None = self.verify_key
         else:
-            key = config.jwt_public_key
-            # A path or the PEM text itself.
-            self.verify_key = Path(key).read_text() if "-----BEGIN" not in key else key
+            self.verify_key = read_public_key(config.jwt_public_key, base_dir)
             self.signing_key = None
         self._api_tokens = [(t.token.encode(), t) for t in config.api_tokens]
 

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(COMMANDS[args.command](config, args) or 0)
+    except ConfigError as exc:
+        print(f"sensorcast: config error: {exc}", file=sys.stderr)
+        return 2
     except _Fatal as exc:
         print(f"sensorcast: {exc}", file=sys.stderr)
         return 1
@@ -75,7 +78,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from server.app import create_app
-    from server.logs import setup_logging
+    from server.logs import RedactingAccessLogger, setup_logging
     from server.storage import StorageError
 
     setup_logging(config.logging)
@@ -86,6 +89,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
             port=config.server.port,
             shutdown_timeout=config.server.shutdown_timeout,
             loop=uvloop.new_event_loop(),
+            access_log_class=RedactingAccessLogger,
             print=lambda msg: print(msg, file=sys.stderr, flush=True),
         )
     except StorageError as exc:
@@ -131,7 +135,7 @@ def token(config: Config, args: argparse.Namespace) -> int:
     from server.auth import Authenticator
 
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
-    auth = Authenticator(config.auth, config.var_dir)
+    auth = Authenticator(config.auth, config.var_dir, config.base_dir)
     try:
         print(auth.mint(args.sub, args.role, args.ttl, name=args.name, channels=channels))
     except RuntimeError as exc:
@@ -146,7 +150,9 @@ def _client_setup(config: Config, args: argparse.Namespace) -> tuple[str, str]:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     url = (args.url or f"http://{host}:{config.server.port}").rstrip("/")
-    tok = args.token or Authenticator(config.auth, config.var_dir).mint("cli", "service", 3600)
+    tok = args.token or Authenticator(config.auth, config.var_dir, config.base_dir).mint(
+        "cli", "service", 3600
+    )
     return url, tok
 
 

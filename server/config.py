@@ -150,6 +150,15 @@ SECTIONS: dict[str, type] = {
 }
 
 
+class WholeNumber(fields.Integer):
+    """An integer from YAML or an environment string; 80.5 is refused, not truncated."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
 def _marshmallow_field(tp: Any, check: validate.Validator | None) -> fields.Field:
     origin = typing.get_origin(tp)
     kw: dict[str, Any] = {"required": False}
@@ -158,7 +167,7 @@ def _marshmallow_field(tp: Any, check: validate.Validator | None) -> fields.Fiel
     if tp is bool:
         return fields.Boolean(**kw)
     if tp is int:
-        return fields.Integer(strict=False, **kw)
+        return WholeNumber(**kw)
     if tp is float:
         return fields.Float(allow_nan=False, **kw)
     if tp is str:
@@ -196,10 +205,14 @@ def schema_for(cls: type) -> Schema:
     return Schema.from_dict(attrs, name=f"{cls.__name__}Schema")()
 
 
+# Levels marshmallow adds to error paths that name no setting (Dict values, whole objects).
+_NOT_KEYS = frozenset({"value", "_schema"})
+
+
 def _first_error(messages: Any, path: tuple[str, ...] = ()) -> tuple[str, str]:
     if isinstance(messages, Mapping):
         key, value = next(iter(messages.items()))
-        return _first_error(value, (*path, str(key)))
+        return _first_error(value, path if key in _NOT_KEYS else (*path, str(key)))
     if isinstance(messages, list) and messages:
         if all(isinstance(m, str) for m in messages):
             return ".".join(path), " ".join(messages)

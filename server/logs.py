@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
 from server import codec
 from server.config import LoggingConfig
 
@@ -31,3 +34,26 @@ def setup_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """One line per request, with `?token=` values blanked: tokens never reach the log."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time_: float) -> None:
+        query = request.rel_url.query
+        target = request.path
+        if query:
+            redacted = [(k, "***" if k == "token" else v) for k, v in query.items()]
+            target = str(request.rel_url.with_query(redacted))
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.1fms "%s"',
+            request.remote,
+            request.method,
+            target,
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time_ * 1000,
+            request.headers.get("User-Agent", "-"),
+        )

@@ -13,7 +13,7 @@ from server.api.middleware import request_principal
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
-from server.errors import BadRequest, InvalidJson
+from server.errors import InvalidJson, ValidationFailed
 from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
 from server.ws import endpoint
 
@@ -44,7 +44,7 @@ def rest_handler(op: Operation) -> Any:
             elif isinstance(body, dict):
                 raw.update(body)
             else:
-                raise BadRequest("the body must be a JSON object")
+                raise ValidationFailed(details={"_schema": ["the body must be a JSON object"]})
         raw.update(request.match_info)
         app = request.app
         ctx = Ctx(principal, app[SERVICES], app[HUB], app[CONFIG])

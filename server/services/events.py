@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from server.bus import ENVELOPE_KEYS, PUBLICATION_TYPES, Bus, Publication
+from server.bus import ENVELOPE_KEYS, Bus, Publication
+
+# Frame types an event object may carry as they are; anything else is wrapped as `event`.
+FRAME_TYPES = frozenset({"system_event", "entity_event", "notification", "message"})
 
 
 def receipt(pub: Publication) -> dict[str, Any]:
@@ -22,7 +25,7 @@ class EventService:
         """An object whose `type` is a publication frame type is sent as that frame (its
         envelope keys dropped); anything else is wrapped as `{type: "event", data}`."""
         kind = event.get("type")
-        if isinstance(kind, str) and kind in PUBLICATION_TYPES:
+        if isinstance(kind, str) and kind in FRAME_TYPES:
             body = {k: v for k, v in event.items() if k not in ENVELOPE_KEYS}
         else:
             kind, body = "event", {"data": event}

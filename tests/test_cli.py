@@ -1,0 +1,380 @@
+"""The real console script (`python -m server`) in subprocesses: exit codes, output, serve."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+import yaml
+
+from server import codec
+
+RUN_TIMEOUT = 20.0
+START_TIMEOUT = 15.0
+LINE_TIMEOUT = 5.0
+SHUTDOWN_TIMEOUT = 3
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without SENSORCAST_*, plus what a test sets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENSORCAST_")}
+    env.update(extra)
+    return env
+
+
+def write_config(directory: Path, data: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, prefix: str) -> str:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(prefix), lines[0]
+    assert proc.stdout == ""
+    return lines[0]
+
+
+# -- bad config -------------------------------------------------------------------------------
+
+
+def test_unknown_key_in_file_exits_2_with_one_line(tmp_path: Path):
+    config = write_config(tmp_path, {"ws": {"max_queue_byte": 1}})
+
+    proc = run(["--config", str(config), "serve"], cwd=tmp_path)
+
+    line = assert_one_line_error(proc, 2, "sensorcast: config error:")
+    assert "ws.max_queue_byte" in line
+
+
+def test_bad_env_value_exits_2_with_one_line(tmp_path: Path):
+    config = write_config(tmp_path, {})
+
+    proc = run(
+        ["--config", str(config), "token", "--role", "admin"],
+        cwd=tmp_path,
+        env=clean_env(SENSORCAST_WS_RATE_LIMIT="abc"),
+    )
+
+    line = assert_one_line_error(proc, 2, "sensorcast: config error:")
+    assert "ws.rate_limit" in line
+
+
+def test_config_yaml_in_working_directory_is_the_default(tmp_path: Path):
+    write_config(tmp_path, {"ws": {"max_queue_byte": 1}})
+
+    proc = run(["token", "--role", "admin"], cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert "ws.max_queue_byte" in proc.stderr
+
+
+def test_missing_public_key_file_is_one_line_naming_the_key(tmp_path: Path):
+    config = write_config(
+        tmp_path, {"auth": {"jwt_algorithm": "RS256", "jwt_public_key": "/nonexistent/pub.pem"}}
+    )
+
+    proc = run(["--config", str(config), "token", "--role", "admin"], cwd=tmp_path)
+
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "auth.jwt_public_key" in proc.stderr
+
+
+def test_relative_public_key_path_resolves_against_config_directory(tmp_path: Path):
+    conf_dir = tmp_path / "etc"
+    (conf_dir / "keys").mkdir(parents=True)
+    (conf_dir / "keys" / "pub.pem").write_text("-----BEGIN PUBLIC KEY-----\n", encoding="utf-8")
+    config = write_config(
+        conf_dir, {"auth": {"jwt_algorithm": "RS256", "jwt_public_key": "keys/pub.pem"}}
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    proc = run(["--config", str(config), "token", "--role", "admin"], cwd=elsewhere)
+
+    # The key file is found; minting is what fails (a public key cannot sign).
+    line = assert_one_line_error(proc, 1, "sensorcast:")
+    assert "cannot mint RS256 tokens" in line
+
+
+# -- token ------------------------------------------------------------------------------------
+
+
+def test_token_prints_only_a_jwt_signed_with_the_generated_secret(tmp_path: Path):
+    conf_dir = tmp_path / "etc"
+    config = write_config(conf_dir, {})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    before = int(time.time())
+    proc = run(["--config", str(config), "token", "--role", "admin", "--sub", "ops"], cwd=elsewhere)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n")
+    tok = proc.stdout.strip()
+    assert proc.stdout == tok + "\n"
+    assert len(tok.split(".")) == 3
+    secret_file = conf_dir / "var" / "jwt_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert not (elsewhere / "var").exists()
+    secret = secret_file.read_text(encoding="utf-8").strip()
+    claims = jwt.decode(tok, secret, algorithms=["HS256"])
+    assert claims["sub"] == "ops"
+    assert claims["role"] == "admin"
+    assert before + 3600 <= claims["exp"] <= int(time.time()) + 3600
+
+    again = run(["--config", str(config), "token", "--role", "user", "--ttl", "60"], cwd=elsewhere)
+
+    assert again.returncode == 0, again.stderr
+    assert secret_file.read_text(encoding="utf-8").strip() == secret
+    claims = jwt.decode(again.stdout.strip(), secret, algorithms=["HS256"])
+    assert claims["sub"] == "cli"
+    assert claims["role"] == "user"
+    assert claims["exp"] - claims["iat"] == 60
+
+
+def test_token_uses_the_configured_secret(tmp_path: Path):
+    config = write_config(tmp_path, {"auth": {"jwt_secret": "s" * 32}})
+
+    proc = run(["--config", str(config), "token", "--role", "service"], cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    assert jwt.decode(proc.stdout.strip(), "s" * 32, algorithms=["HS256"])["role"] == "service"
+    assert not (tmp_path / "var" / "jwt_secret").exists()
+
+
+# -- migrate / serve refusing to start ---------------------------------------------------------
+
+
+def test_migrate_dry_run_on_a_fresh_directory_is_up_to_date(tmp_path: Path):
+    config = write_config(tmp_path, {})
+
+    proc = run(["--config", str(config), "migrate", "--dry-run"], cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "up to date\n"
+
+
+def test_serve_with_unusable_database_path_exits_1_with_one_line(tmp_path: Path):
+    (tmp_path / "afile").write_text("not a directory", encoding="utf-8")
+    config = write_config(
+        tmp_path,
+        {
+            "server": {"port": free_port()},
+            "database": {"url": "sqlite:///afile/db.sqlite"},
+            # A configured secret: no "generated a JWT secret" log line before the failure.
+            "auth": {"jwt_secret": "s" * 32},
+        },
+    )
+
+    proc = run(["--config", str(config), "serve"], cwd=tmp_path)
+
+    line = assert_one_line_error(proc, 1, "sensorcast: ")
+    assert str(tmp_path / "afile") in line
+
+
+# -- serve end to end ---------------------------------------------------------------------------
+
+
+class Server:
+    """`python -m server serve` as a child process, its output in files under tmp_path."""
+
+    def __init__(self, tmp_path: Path, extra: dict[str, Any] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        data: dict[str, Any] = {"server": {"port": self.port, "shutdown_timeout": SHUTDOWN_TIMEOUT}}
+        for section, values in (extra or {}).items():
+            data.setdefault(section, {}).update(values)
+        self.dir = tmp_path
+        self.config = write_config(tmp_path, data)
+        self.stdout = tmp_path / "server.out"
+        self.stderr = tmp_path / "server.err"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server", "--config", str(self.config), "serve"],
+                cwd=self.dir,
+                env=clean_env(),
+                stdout=out,
+                stderr=err,
+            )
+
+    def log(self) -> str:
+        return self.stderr.read_text(encoding="utf-8", errors="replace")
+
+    async def wait_healthy(self, session: aiohttp.ClientSession) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(
+                    f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=1)
+                ) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"server not healthy within {START_TIMEOUT}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path)
+    try:
+        yield srv
+    finally:
+        srv.kill()
+
+
+async def cli(server: Server, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "--config",
+        str(server.config),
+        *args,
+        "--url",
+        server.url,
+        cwd=server.dir,
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def read_frame(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), LINE_TIMEOUT)
+    assert line, "tail ended its output"
+    frame = codec.loads(line)
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
+    children: list[asyncio.subprocess.Process] = []
+    server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            await server.wait_healthy(session)
+            ws = await session.ws_connect(f"{server.url}/api/v1/ws?channel=general")
+            assert codec.loads((await ws.receive(timeout=LINE_TIMEOUT)).data)["type"] == (
+                "connection"
+            )
+            assert codec.loads((await ws.receive(timeout=LINE_TIMEOUT)).data)["type"] == (
+                "subscribed"
+            )
+
+            tail = await cli(server, "tail", "general")
+            children.append(tail)
+            hello = await read_frame(tail)
+            assert hello["type"] == "connection"
+            assert hello["subscriptions"] == ["general"]
+            assert hello["user"]["role"] == "service"
+            subscribed = await read_frame(tail)
+            assert subscribed["type"] == "subscribed"
+            assert subscribed["channel"] == "general"
+
+            pub = await cli(server, "publish", "general", '{"hello":1}')
+            children.append(pub)
+            out, err = await asyncio.wait_for(pub.communicate(), RUN_TIMEOUT)
+            assert pub.returncode == 0, err
+            receipt = codec.loads(out)
+            assert receipt == {"channel": "general", "offset": 1, "epoch": subscribed["epoch"]}
+
+            event = await read_frame(tail)
+            assert event["type"] == "event"
+            assert event["channel"] == "general"
+            assert event["offset"] == 1
+            assert event["epoch"] == receipt["epoch"]
+            assert event["data"] == {"hello": 1}
+            direct = codec.loads((await ws.receive(timeout=LINE_TIMEOUT)).data)
+            assert direct == event
+
+            assert server.proc is not None
+            started = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            msg = await ws.receive(timeout=SHUTDOWN_TIMEOUT + 2)
+            assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+            assert msg.data == 1001
+            rc = await asyncio.to_thread(server.proc.wait, SHUTDOWN_TIMEOUT + 2)
+            elapsed = time.monotonic() - started
+            assert rc == 0, server.log()
+            assert elapsed < SHUTDOWN_TIMEOUT, elapsed
+
+            _, tail_err = await asyncio.wait_for(tail.communicate(), LINE_TIMEOUT)
+            assert tail.returncode == 0
+            assert b"closed (1001)" in tail_err
+            assert "Traceback" not in server.log()
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+
+async def test_serve_does_not_log_query_tokens(server: Server):
+    server.start()
+    async with aiohttp.ClientSession() as session:
+        await server.wait_healthy(session)
+        # Minted once the server has written var/jwt_secret, so both use the same one.
+        args = ["--config", str(server.config), "token", "--role", "user"]
+        secret = (await asyncio.to_thread(run, args, server.dir)).stdout.strip()
+        assert secret
+        async with session.get(f"{server.url}/api/v1/stats?token={secret}") as resp:
+            assert resp.status == 200
+        ws = await session.ws_connect(f"{server.url}/api/v1/ws?token={secret}")
+        await ws.close()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.proc.wait, SHUTDOWN_TIMEOUT + 2) == 0
+
+    log = server.log()
+    assert "GET /api/v1/stats" in log
+    assert secret not in log
