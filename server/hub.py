@@ -165,8 +165,14 @@ class Hub:
                 recovering = conn.recovering
                 if recovering is not None and channel in recovering:
                     recovering[channel].append(pub)
-                elif conn.write(wire, payload):
-                    sent += 1
+                    continue
+                try:
+                    if conn.write(wire, payload):
+                        sent += 1
+                except Exception:
+                    # One broken socket must not stop the others, nor fail the publisher.
+                    log.exception("write to %s failed", conn.client_id)
+                    conn.drop("write failed")
         self.stats.messages_out += sent
 
     # -- introspection -------------------------------------------------------------------

@@ -172,3 +172,25 @@ async def test_shutdown_closes_every_socket_with_1001(client):
     for ws in sockets:
         assert await ws.closed() == (1001, "server shutting down")
     await eventually(lambda: client.app[HUB].clients == {})
+
+
+async def test_compression_is_off_unless_enabled(client):
+    ws = await client.ws_connect("/api/v1/ws", compress=15)
+    assert ws.compress == 0
+    await ws.close()
+
+
+async def test_opt_in_compression_delivers_in_order(make_client):
+    client = await make_client({"ws": {"compression": True}})
+    raw = await client.ws_connect("/api/v1/ws?channel=feed", compress=15)
+    assert raw.compress == 15
+    from tests.conftest import WS
+
+    ws = WS(raw)
+    assert (await ws.recv_type("connection"))["status"] == "connected"
+    await ws.recv_type("subscribed")
+    for i in range(50):
+        await client.app[BUS].publish(["feed"], "event", {"data": {"i": i, "pad": "z" * 3000}})
+    got = [(await ws.recv_type("event"))["data"]["i"] for _ in range(50)]
+    assert got == list(range(50))
+    assert (await ws.request({"type": "ping", "id": 1}))["type"] == "pong"
