@@ -155,3 +155,31 @@ async def test_position_without_since_is_the_current_offset(client, connect):
     sub = await ws.request({"type": "subscribe", "channel": "feed"})
     assert (sub["offset"], sub["epoch"]) == (2, bus.backend.epoch)
     assert await bus.position("feed") == Position(2, bus.backend.epoch)
+
+
+class _BrokenTransport:
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("boom")
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_a_socket_whose_write_fails_is_dropped_and_the_others_still_receive(
+    client, connect, caplog
+):
+    broken = await connect("/api/v1/ws?channel=feed&client_id=broken")
+    healthy = await connect("/api/v1/ws?channel=feed&client_id=healthy")
+    hub = client.app[HUB]
+    conn = hub.clients["broken"]
+    conn._transport = _BrokenTransport()
+    receipt = await client.app[BUS].publish(["feed"], "event", {"data": 1})
+    assert receipt.offsets == {"feed": 1}
+    assert (await healthy.recv_type("event"))["data"] == 1
+    assert conn.closing is True
+    assert "write to broken failed" in caplog.text
+    assert await broken.closed() == (4008, "write failed")
+    assert hub.stats.closed_by_policy == 1
