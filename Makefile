@@ -6,10 +6,15 @@ CONFIG ?= config.yaml
 
 .PHONY: run test lint bench migrate clean services
 
-# Reinstall when the dependency list changes; the stamp keeps repeat runs instant.
+# Reinstall when the dependency list changes; the stamps keep repeat runs instant.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Test, lint and benchmark tools on top of the runtime install.
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
@@ -20,15 +25,15 @@ run: $(VENV)/.installed
 migrate: $(VENV)/.installed
 	$(BIN)/sensorcast --config $(CONFIG) migrate
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check server tests bench
 	$(BIN)/ruff format --check server tests bench
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-dev
 	$(BIN)/sensorcast --config $(CONFIG) bench
 
 clean:
