@@ -27,6 +27,9 @@ class EventService:
         kind = event.get("type")
         if isinstance(kind, str) and kind in FRAME_TYPES:
             body = {k: v for k, v in event.items() if k not in ENVELOPE_KEYS}
+            if kind == "system_event":
+                # Clients read all three fields of a system_event (SPEC §4).
+                body = {"level": "info", "message": "", "data": {}, **body}
         else:
             kind, body = "event", {"data": event}
         return receipt(await self.bus.publish(channels, kind, body))

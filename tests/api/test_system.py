@@ -593,3 +593,12 @@ async def test_anonymous_writes_let_token_less_publish_through(make_client: Call
 
     assert resp.status == 202
     assert (await ws.recv_type("event"))["data"] == {"a": 1}
+
+
+async def test_system_event_missing_fields_get_defaults(
+    client: TestClient, connect: Connect, token: Mint
+):
+    ws = await connect()
+    await publish(client, token(), {"type": "system_event", "message": "disk 91%"})
+    frame = await ws.recv_type("system_event")
+    assert (frame["level"], frame["message"], frame["data"]) == ("info", "disk 91%", {})
