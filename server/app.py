@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiojobs
 from aiohttp import web
 
-from server.api.middleware import errors
+from server.api.middleware import shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
 from server.bus import Bus
@@ -31,7 +31,8 @@ HISTORY_TRIM_SECONDS = 30.0
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app.on_response_prepare.append(shape_router_errors)
     app[CONFIG] = config
     app[AUTH] = Authenticator(config.auth, config.var_dir, config.base_dir)
     policy = app[POLICY] = ChannelPolicy(config.channels)

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from server import codec
 from server.api import system
-from server.api.middleware import request_principal
+from server.api.middleware import json_errors, request_principal
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
@@ -54,7 +54,7 @@ def rest_handler(op: Operation) -> Any:
         return json_response(result, status=op.status)
 
     handle.__name__ = f"{op.resource}_{op.action}"
-    return handle
+    return json_errors(handle)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -76,10 +76,10 @@ def setup_routes(app: web.Application) -> None:
     )
     router = app.router
     routes: list[web.AbstractRoute] = [
-        router.add_get("/api/v1/", system.info),
-        router.add_get("/health", system.health),
-        router.add_get("/api/v1/health", system.health),
-        router.add_get("/api/v1/openapi.json", openapi),
+        router.add_get("/api/v1/", json_errors(system.info)),
+        router.add_get("/health", json_errors(system.health)),
+        router.add_get("/api/v1/health", json_errors(system.health)),
+        router.add_get("/api/v1/openapi.json", json_errors(openapi)),
     ]
     for op in operations.values():
         routes.append(router.add_route(op.method, op.path, rest_handler(op)))

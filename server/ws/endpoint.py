@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import secrets
 import time
+from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
+from multidict import MultiDict
 
 from server.api.middleware import bearer_token
-from server.auth import Principal
+from server.api.respond import error_response
 from server.channels import parse_channel_list
-from server.errors import ApiError, BadRequest, Forbidden, RateLimited
+from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+from server.hub import HubStats
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
 from server.ws import frames
 from server.ws.connection import Connection, TokenBucket
@@ -39,25 +43,65 @@ def client_ip(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-async def _refuse(ws: web.WebSocketResponse, code: int, reason: str) -> web.WebSocketResponse:
-    # Accept then close: browsers cannot read the status of a refused handshake.
-    await ws.close(code=code, message=reason.encode()[:120])
-    return ws
+async def _serve(request: web.Request, token_required: bool) -> web.StreamResponse:
+    """The route handler. Its frame lives as long as the socket, so it keeps few locals and
+    leaves the handshake to `_open`, whose frame is gone once the socket is registered."""
+    response, conn, channels = await _open(request, token_required)
+    if conn is None:
+        return response
+    hub = request.app[HUB]
+    dispatcher = request.app[DISPATCHER]
+    ws = conn.ws
+    try:
+        for channel in channels:
+            await hub.subscribe(conn, channel)
+        # The read loop lives here, not in a function of its own: one frame less per socket.
+        while not conn.closing:
+            # receive() rather than `async for`: no __anext__ frame either.
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                if _within_rate(conn, hub.stats):
+                    await dispatcher.handle(conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                if _within_rate(conn, hub.stats):
+                    error = BadRequest("binary frames are not supported; send JSON text")
+                    conn.send(frames.error(error))
+            elif msg.type in _ENDS:
+                break
+    finally:
+        hub.remove(conn)
+        if conn.closer is not None:
+            await asyncio.shield(conn.closer)
+        log.info(
+            "disconnect %s code=%s after %.1fs",
+            conn.client_id,
+            ws.close_code,
+            time.monotonic() - conn.connected_at,
+        )
+    return response
 
 
-async def websocket(request: web.Request) -> web.WebSocketResponse:
-    return await _serve(request, token_required=False)
+websocket = functools.partial(_serve, token_required=False)
+websocket_secure = functools.partial(_serve, token_required=True)
 
 
-async def websocket_secure(request: web.Request) -> web.WebSocketResponse:
-    return await _serve(request, token_required=True)
+class Refusal(Exception):
+    """A socket refused after the handshake: closed with `code` and `reason`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
-async def _serve(request: web.Request, token_required: bool) -> web.WebSocketResponse:
-    app = request.app
-    config = app[CONFIG]
+async def _open(
+    request: web.Request, token_required: bool
+) -> tuple[web.StreamResponse, Connection | None, list[str]]:
+    """Handshake, then admission; a refused socket is closed with its code and reason."""
+    config = request.app[CONFIG]
     if not origin_allowed(request):
-        raise Forbidden(f"origin {request.headers.get('Origin')} is not allowed")
+        origin = request.headers.get("Origin")
+        return error_response(Forbidden(f"origin {origin} is not allowed")), None, []
     ws = web.WebSocketResponse(
         heartbeat=config.ws.heartbeat or None,
         max_msg_size=config.ws.max_message_bytes,
@@ -65,99 +109,94 @@ async def _serve(request: web.Request, token_required: bool) -> web.WebSocketRes
         timeout=CLOSE_TIMEOUT,
     )
     await ws.prepare(request)
-    hub = app[HUB]
-    query = request.query
+    try:
+        conn, channels = _admit(request, ws, token_required)
+    except Refusal as refusal:
+        # Accept then close: browsers cannot read the status of a refused handshake.
+        await ws.close(code=refusal.code, message=refusal.reason.encode()[:120])
+        return ws, None, []
+    return ws, conn, channels
 
+
+def _admit(
+    request: web.Request, ws: web.WebSocketResponse, token_required: bool
+) -> tuple[Connection, list[str]]:
+    """Query checks and limits; registers the socket and sends `connection`."""
+    app = request.app
+    hub = app[HUB]
+    limits = app[CONFIG].ws
+    # Parsed here rather than via request.query, which would stay cached on the request
+    # for the socket's whole life.
+    query = MultiDict(parse_qsl(request.query_string, keep_blank_values=True))
     client_id = query.get("client_id") or secrets.token_hex(8)
     if not CLIENT_ID_RE.fullmatch(client_id):
-        return await _refuse(ws, frames.CLOSE_BAD_REQUEST, "invalid client_id")
-    token = bearer_token(request)
+        raise Refusal(frames.CLOSE_BAD_REQUEST, "invalid client_id")
+    token = bearer_token(request, query)
     if token_required and not token:
-        return await _refuse(ws, frames.CLOSE_UNAUTHORIZED, "a token is required")
+        raise Refusal(frames.CLOSE_UNAUTHORIZED, "a token is required")
     try:
-        principal: Principal = app[AUTH].resolve(token, query.get("user_id"), query.get("username"))
-    except ApiError as exc:
-        return await _refuse(ws, frames.CLOSE_UNAUTHORIZED, exc.message)
-    try:
+        principal = app[AUTH].resolve(token, query.get("user_id"), query.get("username"))
         channels = parse_channel_list(query.getall("channel", [])) or [DEFAULT_CHANNEL]
+    except Unauthorized as exc:
+        raise Refusal(frames.CLOSE_UNAUTHORIZED, exc.message) from None
     except BadRequest as exc:
-        return await _refuse(ws, frames.CLOSE_BAD_REQUEST, exc.message)
-    policy = app[POLICY]
+        raise Refusal(frames.CLOSE_BAD_REQUEST, exc.message) from None
     for channel in channels:
-        if not policy.can_subscribe(principal, channel):
-            return await _refuse(ws, frames.CLOSE_FORBIDDEN, f"not allowed: {channel}")
+        if not app[POLICY].can_subscribe(principal, channel):
+            raise Refusal(frames.CLOSE_FORBIDDEN, f"not allowed: {channel}")
 
     ip = client_ip(request)
-    limits = config.ws
     if limits.max_connections and len(hub.clients) >= limits.max_connections:
         hub.stats.closed_by_policy += 1
-        return await _refuse(ws, frames.CLOSE_POLICY, "too many connections")
+        raise Refusal(frames.CLOSE_POLICY, "too many connections")
     if limits.max_connections_per_ip and hub.per_ip[ip] >= limits.max_connections_per_ip:
         hub.stats.closed_by_policy += 1
-        return await _refuse(ws, frames.CLOSE_POLICY, "too many connections from this address")
+        raise Refusal(frames.CLOSE_POLICY, "too many connections from this address")
     existing = hub.clients.get(client_id)
     if existing is not None:
         if limits.duplicate_client_id == "reject":
-            return await _refuse(ws, frames.CLOSE_DUPLICATE, "duplicate client_id")
+            raise Refusal(frames.CLOSE_DUPLICATE, "duplicate client_id")
         existing.close_soon(frames.CLOSE_DUPLICATE, "replaced by a new connection")
 
     rate = TokenBucket(limits.rate_limit, limits.rate_burst) if limits.rate_limit else None
     conn = Connection(ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop)
     hub.add(conn)
-    started = time.monotonic()
     log.info("connect %s user=%s ip=%s channels=%s", client_id, principal.sub, ip, channels)
-    try:
-        conn.send(
-            frames.encode(
-                "connection",
-                status="connected",
-                client_id=client_id,
-                user=conn.user,
-                subscriptions=channels,
-                channel=channels[0],
-                heartbeat_interval=limits.heartbeat,
-            )
+    conn.send(
+        frames.encode(
+            "connection",
+            status="connected",
+            client_id=client_id,
+            user=conn.user,
+            subscriptions=channels,
+            channel=channels[0],
+            heartbeat_interval=limits.heartbeat,
         )
-        for channel in channels:
-            await hub.subscribe(conn, channel)
-        await _read_loop(request, conn)
-    finally:
-        hub.remove(conn)
-        if conn.closer is not None:
-            await asyncio.shield(conn.closer)
-        log.info(
-            "disconnect %s code=%s after %.1fs",
-            client_id,
-            ws.close_code,
-            time.monotonic() - started,
-        )
-    return ws
+    )
+    # The caller subscribes them, after this frame: `connection` comes first on the wire.
+    return conn, channels
 
 
-async def _read_loop(request: web.Request, conn: Connection) -> None:
-    dispatcher = request.app[DISPATCHER]
-    stats = request.app[HUB].stats
+def _within_rate(conn: Connection, stats: HubStats) -> bool:
+    """Count a client frame; False when it is over the rate limit (answered or dropped)."""
+    stats.messages_in += 1
     rate = conn.rate
-    async for msg in conn.ws:
-        stats.messages_in += 1
-        if msg.type is WSMsgType.TEXT:
-            if rate is not None:
-                now = time.monotonic()
-                if not rate.take(now):
-                    assert rate.limited_since is not None
-                    if now - rate.limited_since >= FLOOD_GRACE_SECONDS:
-                        conn.drop("rate limit exceeded")
-                        break
-                    retry = (1.0 - rate.tokens) / rate.rate
-                    conn.send(frames.error(RateLimited(retry_after=round(retry, 3))))
-                    continue
-            await dispatcher.handle(conn, msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            conn.send(frames.error(BadRequest("binary frames are not supported; send JSON text")))
-        elif msg.type is WSMsgType.ERROR:
-            break
-        if conn.closing:
-            break
+    if rate is None:
+        return True
+    now = time.monotonic()
+    if rate.take(now):
+        return True
+    assert rate.limited_since is not None
+    if now - rate.limited_since >= FLOOD_GRACE_SECONDS:
+        conn.drop("rate limit exceeded")
+    else:
+        retry = (1.0 - rate.tokens) / rate.rate
+        conn.send(frames.error(RateLimited(retry_after=round(retry, 3))))
+    return False
+
+
+# What ends the read loop: the peer's close or ours, a dead connection, a protocol error.
+_ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 
 
 async def close_all(app: web.Application) -> None:
