@@ -39,8 +39,10 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("json", help="the event, as a JSON object")
         else:
             c.add_argument("channels", nargs="+", metavar="CHANNEL")
-    b = sub.add_parser("bench", help="benchmark fan-out, latency and memory (see README)")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    # Its own flags (--quick, --only ...) pass through to bench/run.py: see main().
+    sub.add_parser(
+        "bench", help="benchmark fan-out, latency and memory (bench/README.md)", add_help=False
+    )
     return p
 
 
@@ -51,7 +53,12 @@ def _load(path: str | None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = [a for a in extra if a != "--"]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -173,8 +180,7 @@ def tail(config: Config, args: argparse.Namespace) -> int:
 def bench(config: Config, args: argparse.Namespace) -> int:
     from server.bench_cli import run_bench
 
-    rest = [a for a in args.bench_args if a != "--"]
-    return run_bench(rest, args.config)
+    return run_bench(args.bench_args, args.config)
 
 
 COMMANDS: dict[str, Any] = {

@@ -16,7 +16,7 @@ from typing import Any
 
 from server.bus import Bus, Position, Publication
 from server.ws import frames
-from server.ws.connection import SLOW_CONSUMER, Connection
+from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Hub:
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
         self.stats = HubStats()
+        self.outbox = Outbox()
         self.started_at = time.monotonic()
         bus.on_publication.append(self.on_publication)
 

@@ -159,7 +159,9 @@ def _admit(
         existing.close_soon(frames.CLOSE_DUPLICATE, "replaced by a new connection")
 
     rate = TokenBucket(limits.rate_limit, limits.rate_burst) if limits.rate_limit else None
-    conn = Connection(ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop)
+    conn = Connection(
+        ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop, hub.outbox
+    )
     hub.add(conn)
     log.info("connect %s user=%s ip=%s channels=%s", client_id, principal.sub, ip, channels)
     conn.send(

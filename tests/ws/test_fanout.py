@@ -183,3 +183,41 @@ async def test_a_socket_whose_write_fails_is_dropped_and_the_others_still_receiv
     assert "write to broken failed" in caplog.text
     assert await broken.closed() == (4008, "write failed")
     assert hub.stats.closed_by_policy == 1
+
+
+class _CountingTransport:
+    def __init__(self, real):
+        self.real = real
+        self.writes = 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.real.write(data)
+
+
+async def test_frames_queued_in_one_loop_iteration_share_one_write(client, connect):
+    ws = await connect("/api/v1/ws?channel=feed&client_id=counted")
+    conn = client.app[HUB].clients["counted"]
+    counting = conn._transport = _CountingTransport(conn._transport)
+    bus = client.app[BUS]
+    for i in range(50):
+        await bus.publish(["feed"], "event", {"data": i})  # no await yields to the loop here
+    got = [(await ws.recv_type("event"))["data"] for _ in range(50)]
+    assert got == list(range(50))
+    assert counting.writes == 1
+
+
+async def test_a_large_backlog_is_written_without_waiting_for_the_loop(client, connect):
+    ws = await connect("/api/v1/ws?channel=feed&client_id=counted")
+    conn = client.app[HUB].clients["counted"]
+    counting = conn._transport = _CountingTransport(conn._transport)
+    bus = client.app[BUS]
+    for i in range(10):
+        await bus.publish(["feed"], "event", {"data": {"i": i, "pad": "p" * 4000}})
+    # ~40 KB pending would pass the 16 KiB flush size: written in 16 KiB+ pieces right away.
+    assert counting.writes >= 2
+    got = [(await ws.recv_type("event"))["data"]["i"] for _ in range(10)]
+    assert got == list(range(10))
