@@ -156,9 +156,8 @@ class Hub:
         for channel, subs in reached:
             payload = pub.payload(channel)
             wire = frames.text_frame(payload)
-            # A copy: a socket dropped meanwhile stays in `subs` until its cleanup anyway,
-            # but a subscribe from a callback must not break this loop.
-            for conn in tuple(subs):
+            # Nothing below changes `subs`: a dropped socket leaves it in its own cleanup.
+            for conn in subs:
                 if seen is not None:
                     if conn in seen:
                         continue

@@ -90,6 +90,7 @@ class Outbox:
 class Connection:
     __slots__ = (
         "_compressed",
+        "_flush_at",
         "_outbox",
         "_pending",
         "_pending_bytes",
@@ -142,9 +143,11 @@ class Connection:
         self._compressed: deque[bytes] | None = deque() if ws.compress else None
         self._sender: asyncio.Task[None] | None = None
         self._outbox = outbox
-        # Framed messages waiting for the outbox's flush, and their size.
-        self._pending: list[bytes] | None = None
+        # Framed messages waiting for the outbox's flush, and their size; never more than
+        # _flush_at bytes wait, so the budget is what the transport holds after a flush.
+        self._pending: bytes | list[bytes] | None = None
         self._pending_bytes = 0
+        self._flush_at = min(FLUSH_BYTES, max_queue_bytes)
 
     @property
     def user(self) -> dict[str, Any]:
@@ -157,38 +160,57 @@ class Connection:
         return size
 
     def write(self, wire: bytes, payload: bytes) -> bool:
-        """Hand a framed message to the socket without waiting; False if it was dropped."""
+        """Queue a framed message without waiting; False if the socket is (now) dropped."""
         if self.closing:
             return False
         if self._compressed is not None:
             self._compressed.append(payload)
             if len(self._compressed) == 1:
                 self._sender = asyncio.get_running_loop().create_task(self._send_compressed())
-        elif self._pending is None:
-            self._pending = [wire]
+            if self.buffered() > self.limit:
+                self.drop(SLOW_CONSUMER)
+                return False
+            return True
+        pending = self._pending
+        if pending is None:
+            # One frame is kept as the shared bytes object itself: no container per socket
+            # per publication, so fan-out allocates nothing the GC has to track.
+            self._pending = wire
             self._pending_bytes = len(wire)
             self._outbox.add(self)
         else:
-            self._pending.append(wire)
+            if isinstance(pending, bytes):
+                self._pending = [pending, wire]
+            else:
+                pending.append(wire)
             self._pending_bytes += len(wire)
-            if self._pending_bytes >= FLUSH_BYTES:
-                # Enough for one efficient write: don't hold it back (or count it) any longer.
-                self.flush()
-        if self.buffered() > self.limit:
+            if self._pending_bytes >= self._flush_at:
+                # Enough for one efficient write: don't hold it back any longer.
+                return self.flush()
+        return True
+
+    def flush(self) -> bool:
+        """Write the pending frames as one write, then check the budget; False if dropped."""
+        data = self._take_pending()
+        if data is None:
+            return not self.closing
+        transport = self._transport
+        if transport.is_closing():
+            return False
+        transport.write(data)
+        # The transport sends what the kernel takes at once; the rest is the peer's backlog.
+        if transport.get_write_buffer_size() > self.limit:
             self.drop(SLOW_CONSUMER)
             return False
         return True
 
-    def flush(self) -> None:
-        """Write the pending frames as one write (the outbox calls this)."""
+    def _take_pending(self) -> bytes | None:
         pending = self._pending
         if pending is None:
-            return
+            return None
         self._pending = None
         self._pending_bytes = 0
-        transport = self._transport
-        if not transport.is_closing():
-            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        return pending if isinstance(pending, bytes) else b"".join(pending)
 
     def send(self, payload: bytes) -> bool:
         """A frame for this socket only (replies, errors): framed here, same budget."""
@@ -211,17 +233,18 @@ class Connection:
         log.warning("closing %s (%s): %s", self.client_id, self.ip, reason)
         self.on_drop(self, reason)
         # What a dropped socket has not taken yet is not sent any more.
-        self._pending = None
-        self._pending_bytes = 0
+        self._take_pending()
         self.close_soon(frames.CLOSE_POLICY, reason)
 
     def close_soon(self, code: int, reason: str) -> None:
         """Start the closing handshake; the endpoint's read loop then ends and cleans up."""
         if self.closing:
             return
-        # Frames already accepted go out before the close frame.
-        self.flush()
         self.closing = True
+        # Frames already accepted go out before the close frame.
+        data = self._take_pending()
+        if data is not None and not self._transport.is_closing():
+            self._transport.write(data)
         if self._compressed:
             self._compressed.clear()
         # The endpoint awaits this task before it returns, which also keeps it referenced.
