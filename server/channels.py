@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from fnmatch import fnmatchcase
 
+from marshmallow import ValidationError
+
 from server.auth import Principal
 from server.config import ChannelsConfig
 from server.errors import BadRequest
@@ -27,6 +29,14 @@ def check_channel(name: object) -> str:
             "namespace of [a-z0-9_.-], id of [A-Za-z0-9_.@-]"
         )
     return name
+
+
+def validate_channel(value: str) -> None:
+    """check_channel as a marshmallow validator: the reason is reported under the field."""
+    try:
+        check_channel(value)
+    except BadRequest as exc:
+        raise ValidationError(exc.message) from None
 
 
 def namespace(channel: str) -> str:

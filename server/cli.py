@@ -116,17 +116,11 @@ def migrate(config: Config, args: argparse.Namespace) -> int:
             db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
         )
         try:
-            if args.dry_run:
-                todo = await pending(storage, MIGRATIONS_DIR)
-                for m in todo:
-                    print(f"pending {m.version:04d} {m.name}")
-                if not todo:
-                    print("up to date")
-                return 0
-            done = await apply(storage, MIGRATIONS_DIR)
-            for m in done:
-                print(f"applied {m.version:04d} {m.name}")
-            if not done:
+            verb, run = ("pending", pending) if args.dry_run else ("applied", apply)
+            migrations = await run(storage, MIGRATIONS_DIR)
+            for m in migrations:
+                print(f"{verb} {m.version:04d} {m.name}")
+            if not migrations:
                 print("up to date")
             return 0
         finally:

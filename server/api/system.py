@@ -6,27 +6,19 @@ import time
 from typing import Any
 
 from aiohttp import web
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
 from server import __version__
 from server.api.operations import Ctx, operation
 from server.api.respond import json_response
 from server.auth import WRITE_ROLES
-from server.channels import check_channel
-from server.errors import BadRequest
+from server.channels import validate_channel
 from server.keys import CONFIG, HUB, SERVICES
 from server.storage import StorageError
 
 
-def _channel(value: str) -> None:
-    try:
-        check_channel(value)
-    except BadRequest as exc:
-        raise ValidationError(exc.message) from None
-
-
 class ChannelIn(Schema):
-    channel = fields.String(required=True, validate=_channel)
+    channel = fields.String(required=True, validate=validate_channel)
 
 
 class EventIn(ChannelIn):
@@ -37,7 +29,7 @@ LEVELS = ("info", "warning", "error")
 
 
 class TestEventIn(Schema):
-    channel = fields.String(load_default="general", validate=_channel)
+    channel = fields.String(load_default="general", validate=validate_channel)
     message = fields.String(load_default="test event", validate=validate.Length(max=10_000))
     level = fields.String(
         load_default="info", validate=validate.OneOf(["info", "warning", "error"])

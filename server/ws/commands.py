@@ -16,7 +16,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from server import codec
 from server.api.operations import Ctx, Operation
 from server.bus import Position
-from server.channels import ChannelPolicy, check_channel
+from server.channels import ChannelPolicy, validate_channel
 from server.errors import (
     ApiError,
     BadRequest,
@@ -55,25 +55,18 @@ class Frame(Schema):
     id = FrameId(load_default=None)
 
 
-def _channel(value: str) -> None:
-    try:
-        check_channel(value)
-    except BadRequest as exc:
-        raise ValidationError(exc.message) from None
-
-
 class SinceIn(Schema):
     offset = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
     epoch = fields.String(required=True)
 
 
 class SubscribeFrame(Frame):
-    channel = fields.String(required=True, validate=_channel)
+    channel = fields.String(required=True, validate=validate_channel)
     since = fields.Nested(SinceIn, load_default=None)
 
 
 class ChannelFrame(Frame):
-    channel = fields.String(required=True, validate=_channel)
+    channel = fields.String(required=True, validate=validate_channel)
 
 
 class PublishFrame(ChannelFrame):
