@@ -113,7 +113,12 @@ def migrate(config: Config, args: argparse.Namespace) -> int:
     async def run() -> int:
         db = config.database
         storage = await open_storage(
-            db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
+            db.url,
+            base_dir=config.base_dir,
+            pool_min=db.pool_min,
+            pool_max=db.pool_max,
+            # A dry run creates nothing: no database file, no schema_migrations.
+            readonly=args.dry_run,
         )
         try:
             verb, run = ("pending", pending) if args.dry_run else ("applied", apply)

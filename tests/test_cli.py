@@ -183,13 +183,24 @@ def test_token_uses_the_configured_secret(tmp_path: Path):
 # -- migrate / serve refusing to start ---------------------------------------------------------
 
 
-def test_migrate_dry_run_on_a_fresh_directory_is_up_to_date(tmp_path: Path):
+def test_migrate_dry_run_lists_pending_and_creates_nothing(tmp_path: Path):
     config = write_config(tmp_path, {})
 
     proc = run(["--config", str(config), "migrate", "--dry-run"], cwd=tmp_path)
 
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "up to date\n"
+    pending = proc.stdout.splitlines()
+    assert pending[0] == "pending 0001 sensors"
+    assert all(line.startswith("pending ") for line in pending)
+    # No database file, no var/: a dry run only reads.
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+    applied = run(["--config", str(config), "migrate"], cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines() == [line.replace("pending", "applied") for line in pending]
+
+    again = run(["--config", str(config), "migrate", "--dry-run"], cwd=tmp_path)
+    assert again.stdout == "up to date\n"
 
 
 def test_serve_with_unusable_database_path_exits_1_with_one_line(tmp_path: Path):

@@ -4,15 +4,26 @@ SQL is written once with `?` placeholders; a backend whose driver wants another 
 (asyncpg's `$n`) rewrites it. Rows are plain dicts so services can hand them to the codec
 as they are. Backend modules are imported lazily: a SQLite deployment never imports
 asyncpg, and a backend module may import this one without a cycle.
+
+Values are the same Python types on every backend:
+- timestamps (TIMESTAMPTZ columns) are timezone-aware `datetime`s, in and out, UTC on the
+  way out; a naive datetime is refused (StorageError) rather than guessed at;
+- JSON columns take and return dicts/lists (a `str` is not JSON-encoded on SQLite, so pass
+  the object, not its text);
+- BOOLEAN columns return bool.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from server.errors import Unavailable
 
 __all__ = [
     "DIALECTS",
@@ -23,6 +34,7 @@ __all__ = [
     "StorageUnavailable",
     "Tx",
     "open_storage",
+    "redact_url",
 ]
 
 Row = dict[str, Any]
@@ -33,8 +45,19 @@ class StorageError(Exception):
     """A database failure; the driver's exception is kept as __cause__."""
 
 
-class StorageUnavailable(StorageError):
-    """The database cannot answer now (closed, locked past the timeout, I/O error)."""
+class StorageUnavailable(StorageError, Unavailable):
+    """The database cannot answer now (closed, locked past the timeout, I/O error, lost
+    connection).
+
+    Also an `errors.Unavailable`, so a request that meets it is answered 503 `unavailable`
+    in the one error shape by the same code that shapes every ApiError, with no service
+    having to translate it. Clients see a fixed message; str() keeps the driver's words
+    for logs and the health check.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("database unavailable")
+        self.args = (detail,)
 
 
 class IntegrityError(StorageError):
@@ -45,7 +68,12 @@ class IntegrityError(StorageError):
 
 
 class Tx(Protocol):
-    """Queries that run inside one transaction (or, on Storage itself, each on its own)."""
+    """Queries that run inside one transaction (or, on Storage itself, each on its own).
+
+    A statement that fails inside a transaction ends it: PostgreSQL refuses anything but a
+    rollback after an error, so every backend refuses further statements on that Tx and
+    the block rolls back even if the error was caught inside it.
+    """
 
     async def execute(self, sql: str, *args: Any) -> None: ...
 
@@ -63,12 +91,21 @@ class Tx(Protocol):
         """First column of the first row, None when there is no row."""
         ...
 
+    async def copy_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        """Insert many rows in one round trip (PostgreSQL COPY); return how many.
+
+        All or nothing. `table` and `columns` are plain identifiers, never user input.
+        """
+        ...
+
 
 class Storage(Tx, Protocol):
     """A process-wide database handle.
 
-    Its own execute/fetch* run each statement in autocommit; executemany and executescript
-    run in one transaction. For several statements that must land together use
+    Its own execute/fetch* run each statement in autocommit; executemany, executescript
+    and copy_rows each run in one transaction. For several statements that must land together use
     `async with storage.transaction() as tx:` and query through `tx`: it commits when the
     block ends and rolls back when it raises.
     """
@@ -85,25 +122,76 @@ class Storage(Tx, Protocol):
 
 
 async def open_storage(
-    url: str, *, base_dir: Path, pool_min: int = 1, pool_max: int = 10
+    url: str,
+    *,
+    base_dir: Path,
+    pool_min: int = 1,
+    pool_max: int = 10,
+    readonly: bool = False,
 ) -> Storage:
     """Open the database named by `database.url`.
 
     `sqlite:///var/x.db` is relative to base_dir (the directory holding config.yaml),
     `sqlite:////srv/x.db` is absolute, `sqlite:///:memory:` is a private in-memory
-    database. pool_min/pool_max size the PostgreSQL pool; SQLite uses one connection.
+    database. `postgresql://user:pass@host:port/db` (or `postgres://`) opens an asyncpg
+    pool of pool_min..pool_max connections; query parameters other than libpq's own
+    (`?search_path=app&application_name=x`) become session settings.
+
+    readonly (`migrate --dry-run`): nothing is created or written. A SQLite file that does
+    not exist yet is not created: an empty database stands in for it.
     """
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if scheme in ("postgresql", "postgres") and sep:
-        raise StorageError("PostgreSQL support arrives with the storage issue")
+        from server.storage.postgres import open_postgres
+
+        return await open_postgres(url, pool_min=pool_min, pool_max=pool_max, readonly=readonly)
     if scheme != "sqlite" or not sep:
         raise StorageError(
-            f"database.url {url!r}: unsupported scheme, expected sqlite:///path or postgresql://"
+            f"database.url {redact_url(url)!r}: unsupported scheme, "
+            "expected sqlite:///path or postgresql://"
         )
     from server.storage.sqlite import open_sqlite
 
-    return await open_sqlite(sqlite_path(url, base_dir))
+    return await open_sqlite(sqlite_path(url, base_dir), readonly=readonly)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_identifier(name: str) -> str:
+    """`name` when it is a plain SQL identifier (table, column); StorageError otherwise.
+
+    For the few places that put a name into SQL text (copy_rows), so a name can never
+    carry SQL with it.
+    """
+    if not _IDENTIFIER.fullmatch(name):
+        raise StorageError(f"{name!r} is not a plain SQL identifier")
+    return name
+
+
+def check_aware(moment: datetime) -> datetime:
+    """`moment` if it is timezone-aware; a naive datetime is a bug (whose local time?)."""
+    if moment.utcoffset() is None:
+        raise StorageError(
+            f"naive datetime {moment.isoformat()} passed to storage: "
+            "use a timezone-aware one, e.g. datetime.now(UTC)"
+        )
+    return moment
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def sqlite_path(url: str, base_dir: Path) -> str:

@@ -3,7 +3,12 @@
 `migrations/NNNN_name.sql` holds SQL both dialects accept; `NNNN_name.sqlite.sql` or
 `NNNN_name.postgres.sql` replaces it for that dialect only. Each migration runs in its own
 transaction together with its schema_migrations row, so a failure leaves the database as
-it was before that file.
+it was before that file (PostgreSQL's DDL is transactional too).
+
+Reading what is pending never writes: a database without schema_migrations has nothing
+applied, so `migrate --dry-run` and a start with auto_migrate off change nothing.
+Applying is safe with several processes at once (instances starting together on one
+PostgreSQL): each migration's transaction first takes a lock, then checks again.
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at TEXT NOT NULL
 )
 """
+
+
+# The few statements that differ per dialect.
+_HAS_TABLE = {
+    "sqlite": "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+    # Resolved through search_path, as the queries on it are.
+    "postgres": "SELECT to_regclass(?) IS NOT NULL",
+}
+# SQLite's BEGIN IMMEDIATE already excludes other writers; PostgreSQL needs a lock that
+# also covers CREATE TABLE (two concurrent ones collide) and is freed at COMMIT/ROLLBACK.
+_MIGRATION_LOCK_KEY = 0x5343_4D47  # "SCMG"
+_LOCK = {"sqlite": None, "postgres": "SELECT pg_advisory_xact_lock(?)"}
 
 
 class MigrationError(StorageError):
@@ -113,31 +130,48 @@ def discover(directory: Path, dialect: str) -> list[Migration]:
 
 
 async def applied_versions(storage: Storage) -> set[int]:
-    # Created even on a read-only check: probing for a table differs per dialect.
-    await storage.execute(CREATE_TABLE)
+    """Versions recorded in schema_migrations; none when the table does not exist yet."""
+    if not await storage.fetchval(_HAS_TABLE[storage.dialect], "schema_migrations"):
+        return set()
     rows = await storage.fetch("SELECT version FROM schema_migrations")
     return {row["version"] for row in rows}
 
 
 async def pending(storage: Storage, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Migrations in `directory` not yet recorded in the database, oldest first."""
-    done = await applied_versions(storage)
+    """Migrations in `directory` not yet recorded in the database, oldest first.
+
+    Read-only: creates nothing, not even schema_migrations.
+    """
     available = await asyncio.to_thread(discover, directory, storage.dialect)
+    done = await applied_versions(storage)
     return [m for m in available if m.version not in done]
 
 
 async def apply(storage: Storage, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply every pending migration in order; return those applied (none when current)."""
+    todo = await pending(storage, directory)
+    if not todo:
+        return []
+    async with storage.transaction() as tx:
+        await _lock(tx, storage.dialect)
+        await tx.execute(CREATE_TABLE)
     applied = []
-    for migration in await pending(storage, directory):
+    for migration in todo:
         sql = await asyncio.to_thread(migration.path.read_text, encoding="utf-8")
         try:
             async with storage.transaction() as tx:
+                await _lock(tx, storage.dialect)
                 if await _apply_one(tx, migration, sql):
                     applied.append(migration)
         except StorageError as exc:
             raise MigrationError(f"migration {migration.filename} failed: {exc}") from exc
     return applied
+
+
+async def _lock(tx: Tx, dialect: str) -> None:
+    statement = _LOCK[dialect]
+    if statement is not None:
+        await tx.execute(statement, _MIGRATION_LOCK_KEY)
 
 
 async def _apply_one(tx: Tx, migration: Migration, sql: str) -> bool:

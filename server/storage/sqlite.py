@@ -5,6 +5,17 @@ another coroutine queue its own statement in between. A connection has a single
 transaction, so that statement would land inside someone else's BEGIN...COMMIT (and be
 rolled back with it). An asyncio.Lock therefore serialises access: a transaction holds it
 from BEGIN to COMMIT/ROLLBACK, a lone statement holds it for that statement.
+
+Values: SQLite has no timestamp, JSON or boolean type, so the SQLite migrations declare
+such columns as TIMESTAMPTZ, JSON and BOOLEAN, and this module converts at its edge,
+never in queries:
+- in: every parameter is adapted here (a datetime becomes fixed-width ISO-8601 UTC text,
+  `2024-05-01T12:00:00.000000Z`, so text order is time order and `ts >= ?` compares
+  correctly; a dict/list becomes JSON text);
+- out: the connection is opened with detect_types=PARSE_DECLTYPES and converters for
+  those three declared types, so a selected column comes back as datetime/dict/bool.
+  Only a column read straight from a table has a declared type: an expression such as
+  `max(ts)` comes back as the stored text (see `parse_timestamp`).
 """
 
 from __future__ import annotations
@@ -12,18 +23,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import aiosqlite
 
-from server.storage import IntegrityError, Row, StorageError, StorageUnavailable, Tx
+from server import codec
+from server.storage import (
+    IntegrityError,
+    Row,
+    StorageError,
+    StorageUnavailable,
+    Tx,
+    check_aware,
+    check_identifier,
+)
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+# INSERT ... RETURNING (3.35) is used by every store that creates rows.
+MIN_SQLITE = (3, 35, 0)
 PING_TIMEOUT = 5.0
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -31,6 +54,11 @@ PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
     # With WAL, NORMAL only risks the last commits on power loss, never corruption.
     "PRAGMA synchronous = NORMAL",
+)
+READONLY_PRAGMAS = (
+    "PRAGMA foreign_keys = ON",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+    "PRAGMA query_only = ON",
 )
 # Primary result codes that mean "the database cannot answer", not "your SQL is wrong".
 _UNAVAILABLE_CODES = frozenset(
@@ -45,6 +73,49 @@ _UNAVAILABLE_CODES = frozenset(
         sqlite3.SQLITE_READONLY,
     }
 )
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Fixed-width UTC text, microseconds always present: text order is time order."""
+    moment = check_aware(moment)
+    if moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def parse_timestamp(text: str | bytes) -> datetime:
+    """The aware UTC datetime of a stored timestamp (for expressions like max(ts))."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    moment = datetime.fromisoformat(text)
+    # Rows written by hand (sqlite3 shell, CURRENT_TIMESTAMP) may lack the Z: they are UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _parse_bool(raw: bytes) -> bool:
+    return raw not in (b"0", b"0.0")
+
+
+# sqlite3 keeps converters in one process-wide table: there is no per-connection one. The
+# names are the declared types of our SQLite migrations, and only connections opened with
+# detect_types (ours; nothing else in this process uses sqlite3) consult the table.
+sqlite3.register_converter("TIMESTAMPTZ", parse_timestamp)
+sqlite3.register_converter("JSON", codec.loads)
+sqlite3.register_converter("BOOLEAN", _parse_bool)
+
+
+def _adapt(value: Any) -> Any:
+    # Per call rather than sqlite3.register_adapter: that table is process-wide too, and
+    # its datetime entry is Python's own (deprecated) one.
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, dict | list):
+        return codec.dumps(value).decode()
+    return value
+
+
+def _params(args: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple([_adapt(value) for value in args])
 
 
 def _storage_error(exc: Exception) -> StorageError:
@@ -91,35 +162,54 @@ class _Queries:
         self._db = db
 
     async def execute(self, sql: str, *args: Any) -> None:
+        params = _params(args)
         try:
-            await (await self._db.execute(sql, args)).close()
+            await (await self._db.execute(sql, params)).close()
         except (sqlite3.Error, OverflowError) as exc:
             raise _storage_error(exc) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         # Materialised here so a generator is not consumed on the worker thread.
-        batch = [tuple(row) for row in rows]
+        batch = [_params(row) for row in rows]
         try:
             await (await self._db.executemany(sql, batch)).close()
         except (sqlite3.Error, OverflowError) as exc:
             raise _storage_error(exc) from exc
+
+    async def copy_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        if not columns:
+            raise StorageError("copy_rows needs at least one column")
+        names = ", ".join(f'"{check_identifier(c)}"' for c in columns)
+        marks = ", ".join("?" * len(columns))
+        sql = f'INSERT INTO "{check_identifier(table)}" ({names}) VALUES ({marks})'
+        batch = [_params(row) for row in rows]
+        try:
+            await (await self._db.executemany(sql, batch)).close()
+        except (sqlite3.Error, OverflowError) as exc:
+            raise _storage_error(exc) from exc
+        return len(batch)
 
     async def executescript(self, script: str) -> None:
         for statement in split_script(script):
             await self.execute(statement)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        params = _params(args)
         try:
             # Rows are dicts (row_factory); aiosqlite's annotation says sqlite3.Row.
-            return cast(list[Row], list(await self._db.execute_fetchall(sql, args)))
-        except (sqlite3.Error, OverflowError) as exc:
+            return cast(list[Row], list(await self._db.execute_fetchall(sql, params)))
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
+            # ValueError: a converter met text it cannot parse.
             raise _storage_error(exc) from exc
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        params = _params(args)
         try:
-            async with self._db.execute(sql, args) as cursor:
+            async with self._db.execute(sql, params) as cursor:
                 return cast(Row | None, await cursor.fetchone())
-        except (sqlite3.Error, OverflowError) as exc:
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise _storage_error(exc) from exc
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
@@ -128,38 +218,54 @@ class _Queries:
 
 
 class SQLiteTx(_Queries):
-    """The handle a transaction yields; it refuses work once the transaction has ended."""
+    """The handle a transaction yields; it refuses work once the transaction has ended
+    or once one of its statements failed (as PostgreSQL does)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         super().__init__(db)
         self._open = True
+        self.failed = False
 
     def _end(self) -> None:
         self._open = False
 
-    def _check(self) -> None:
+    @contextmanager
+    def _using(self) -> Iterator[None]:
         if not self._open:
             raise StorageError("transaction already finished; open a new one")
+        if self.failed:
+            raise StorageError("transaction failed: a statement in it raised; end the block")
+        try:
+            yield
+        except StorageError:
+            self.failed = True
+            raise
 
     async def execute(self, sql: str, *args: Any) -> None:
-        self._check()
-        await super().execute(sql, *args)
+        with self._using():
+            await super().execute(sql, *args)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._check()
-        await super().executemany(sql, rows)
+        with self._using():
+            await super().executemany(sql, rows)
 
     async def executescript(self, script: str) -> None:
-        self._check()
-        await super().executescript(script)
+        with self._using():
+            await super().executescript(script)
+
+    async def copy_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        with self._using():
+            return await super().copy_rows(table, columns, rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        self._check()
-        return await super().fetch(sql, *args)
+        with self._using():
+            return await super().fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        self._check()
-        return await super().fetchrow(sql, *args)
+        with self._using():
+            return await super().fetchrow(sql, *args)
 
 
 class SQLiteStorage:
@@ -210,6 +316,11 @@ class SQLiteStorage:
                 await self._rollback()
                 raise
             tx._end()
+            if tx.failed:
+                # The caller caught a statement's error and carried on: what ran before it
+                # must not be committed without what failed.
+                await self._rollback()
+                raise StorageError("transaction rolled back: a statement in it failed")
             try:
                 await self._raw.execute("COMMIT")
             except BaseException:
@@ -235,6 +346,12 @@ class SQLiteStorage:
     async def executescript(self, script: str) -> None:
         async with self.transaction() as tx:
             await tx.executescript(script)
+
+    async def copy_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        async with self.transaction() as tx:
+            return await tx.copy_rows(table, columns, rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._hold():
@@ -268,24 +385,46 @@ class SQLiteStorage:
             await self._db.close()
 
 
-async def open_sqlite(path: str) -> SQLiteStorage:
-    """Connect, creating the file and its directory when missing, and set the pragmas."""
-    if path != ":memory:":
+def _readonly_uri(path: str) -> str | None:
+    file = Path(path)
+    return file.absolute().as_uri() + "?mode=ro" if file.exists() else None
+
+
+async def open_sqlite(path: str, *, readonly: bool = False) -> SQLiteStorage:
+    """Connect, creating the file and its directory when missing, and set the pragmas.
+
+    readonly: open the file read-only, and when it does not exist create nothing: an
+    empty in-memory database stands in for it (it has no tables, like the missing file).
+    """
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise StorageError(
+            f"SQLite {sqlite3.sqlite_version} is too old: Sensorcast needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or newer (INSERT ... RETURNING)"
+        )
+    target, uri = path, False
+    if readonly and path != ":memory:":
+        existing = await asyncio.to_thread(_readonly_uri, path)
+        target, uri = (existing, True) if existing else (":memory:", False)
+    elif path != ":memory:":
         try:
             await asyncio.to_thread(Path(path).parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"cannot create directory for {path}: {exc}") from exc
-    db = aiosqlite.connect(path, isolation_level=None)
+    db = aiosqlite.connect(
+        target, isolation_level=None, detect_types=sqlite3.PARSE_DECLTYPES, uri=uri
+    )
     try:
         await db
         # aiosqlite annotates row_factory as a class; sqlite3 takes any callable.
         db.row_factory = _dict_row  # type: ignore[assignment]
-        for pragma in PRAGMAS:
+        for pragma in READONLY_PRAGMAS if readonly else PRAGMAS:
             await (await db.execute(pragma)).close()
     except sqlite3.Error as exc:
         await db.close()
         raise StorageUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
     storage = SQLiteStorage(db, path)
+    if readonly:
+        return storage
     mode = await storage.fetchval("PRAGMA journal_mode")
     if path != ":memory:" and mode != "wal":
         # Some network filesystems refuse WAL; it still works, with readers blocking writers.
