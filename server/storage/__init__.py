@@ -15,9 +15,10 @@ Values are the same Python types on every backend:
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -178,6 +179,64 @@ def check_aware(moment: datetime) -> datetime:
             "use a timezone-aware one, e.g. datetime.now(UTC)"
         )
     return moment
+
+
+def copy_columns(columns: Sequence[str]) -> list[str]:
+    """copy_rows' column names, each checked by check_identifier; at least one."""
+    if not columns:
+        raise StorageError("copy_rows needs at least one column")
+    return [check_identifier(c) for c in columns]
+
+
+# Both backends would deadlock (SQLite: its own lock; PostgreSQL: a second connection from
+# an exhausted pool), so both refuse with the same words.
+NESTED_USE = (
+    "storage used directly inside its own transaction: query through the "
+    "Tx that transaction() yields (transactions do not nest)"
+)
+TX_FAILED = "transaction rolled back: a statement in it failed"
+
+
+class TransactionGuard:
+    """What every backend's Tx handle refuses: work after its block ended, and work after
+    one of its statements failed (PostgreSQL answers "current transaction is aborted"
+    anyway; SQLite is made to match). The backend's transaction() reads `failed` to roll
+    back instead of committing when the caller caught the error and carried on.
+    """
+
+    def __init__(self) -> None:
+        self._open = True
+        self.failed = False
+
+    def _end(self) -> None:
+        self._open = False
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        if not self._open:
+            raise StorageError("transaction already finished; open a new one")
+        if self.failed:
+            raise StorageError("transaction failed: a statement in it raised; end the block")
+        try:
+            yield
+        except StorageError:
+            self.failed = True
+            raise
+
+
+@asynccontextmanager
+async def answering_within(seconds: float) -> AsyncIterator[None]:
+    """For ping(): any failure of the block, or no answer within `seconds`, is
+    StorageUnavailable, so the health check reports the database as down."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise StorageUnavailable(f"database did not answer within {seconds}s") from exc
+    except StorageUnavailable:
+        raise
+    except StorageError as exc:
+        raise StorageUnavailable(str(exc)) from exc
 
 
 def redact_url(url: str) -> str:

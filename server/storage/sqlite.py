@@ -6,16 +6,9 @@ transaction, so that statement would land inside someone else's BEGIN...COMMIT (
 rolled back with it). An asyncio.Lock therefore serialises access: a transaction holds it
 from BEGIN to COMMIT/ROLLBACK, a lone statement holds it for that statement.
 
-Values: SQLite has no timestamp, JSON or boolean type, so the SQLite migrations declare
-such columns as TIMESTAMPTZ, JSON and BOOLEAN, and this module converts at its edge,
-never in queries:
-- in: every parameter is adapted here (a datetime becomes fixed-width ISO-8601 UTC text,
-  `2024-05-01T12:00:00.000000Z`, so text order is time order and `ts >= ?` compares
-  correctly; a dict/list becomes JSON text);
-- out: the connection is opened with detect_types=PARSE_DECLTYPES and converters for
-  those three declared types, so a selected column comes back as datetime/dict/bool.
-  Only a column read straight from a table has a declared type: an expression such as
-  `max(ts)` comes back as the stored text (see `parse_timestamp`).
+This module holds the connection's lifecycle: the lock, transactions, ping, close and
+open_sqlite. Statements live in sqlite_queries.py; value conversion (timestamps, JSON,
+booleans) in sqlite_values.py.
 """
 
 from __future__ import annotations
@@ -23,24 +16,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiosqlite
 
-from server import codec
 from server.storage import (
-    IntegrityError,
+    NESTED_USE,
+    TX_FAILED,
     Row,
     StorageError,
     StorageUnavailable,
     Tx,
-    check_aware,
-    check_identifier,
+    answering_within,
 )
+from server.storage.sqlite_queries import SQLiteQueries, SQLiteTx, split_script
+from server.storage.sqlite_values import dict_row, format_timestamp, parse_timestamp
+
+__all__ = [
+    "SQLiteStorage",
+    "SQLiteTx",
+    "format_timestamp",
+    "open_sqlite",
+    "parse_timestamp",
+    "split_script",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,212 +62,6 @@ READONLY_PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
     "PRAGMA query_only = ON",
 )
-# Primary result codes that mean "the database cannot answer", not "your SQL is wrong".
-_UNAVAILABLE_CODES = frozenset(
-    {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_NOTADB,
-        sqlite3.SQLITE_CORRUPT,
-        sqlite3.SQLITE_READONLY,
-    }
-)
-
-
-def format_timestamp(moment: datetime) -> str:
-    """Fixed-width UTC text, microseconds always present: text order is time order."""
-    moment = check_aware(moment)
-    if moment.utcoffset():
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def parse_timestamp(text: str | bytes) -> datetime:
-    """The aware UTC datetime of a stored timestamp (for expressions like max(ts))."""
-    if isinstance(text, bytes):
-        text = text.decode()
-    moment = datetime.fromisoformat(text)
-    # Rows written by hand (sqlite3 shell, CURRENT_TIMESTAMP) may lack the Z: they are UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _parse_bool(raw: bytes) -> bool:
-    return raw not in (b"0", b"0.0")
-
-
-# sqlite3 keeps converters in one process-wide table: there is no per-connection one. The
-# names are the declared types of our SQLite migrations, and only connections opened with
-# detect_types (ours; nothing else in this process uses sqlite3) consult the table.
-sqlite3.register_converter("TIMESTAMPTZ", parse_timestamp)
-sqlite3.register_converter("JSON", codec.loads)
-sqlite3.register_converter("BOOLEAN", _parse_bool)
-
-
-def _adapt(value: Any) -> Any:
-    # Per call rather than sqlite3.register_adapter: that table is process-wide too, and
-    # its datetime entry is Python's own (deprecated) one.
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    if isinstance(value, dict | list):
-        return codec.dumps(value).decode()
-    return value
-
-
-def _params(args: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple([_adapt(value) for value in args])
-
-
-def _storage_error(exc: Exception) -> StorageError:
-    if isinstance(exc, sqlite3.IntegrityError):
-        return IntegrityError(str(exc))
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
-        return StorageUnavailable(str(exc))
-    return StorageError(str(exc))
-
-
-def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
-    return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
-
-
-def split_script(script: str) -> list[str]:
-    """Split SQL text into statements, cutting only where SQLite itself sees an end.
-
-    sqlite3.complete_statement knows about string literals, comments and trigger bodies,
-    so a `;` inside any of them does not cut. executescript() is no option: it COMMITs the
-    open transaction first, which would break a migration's all-or-nothing.
-    """
-    statements: list[str] = []
-    start = 0
-    pos = script.find(";")
-    while pos != -1:
-        candidate = script[start : pos + 1]
-        if sqlite3.complete_statement(candidate):
-            statements.append(candidate.strip())
-            start = pos + 1
-        pos = script.find(";", pos + 1)
-    # A last statement may lack its `;`. Kept as is: comments alone run as a no-op, and
-    # an unfinished statement fails with SQLite's own "incomplete input".
-    tail = script[start:].strip()
-    if tail:
-        statements.append(tail)
-    return statements
-
-
-class _Queries:
-    """Statements on the raw connection; the caller holds the lock."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        params = _params(args)
-        try:
-            await (await self._db.execute(sql, params)).close()
-        except (sqlite3.Error, OverflowError) as exc:
-            raise _storage_error(exc) from exc
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        # Materialised here so a generator is not consumed on the worker thread.
-        batch = [_params(row) for row in rows]
-        try:
-            await (await self._db.executemany(sql, batch)).close()
-        except (sqlite3.Error, OverflowError) as exc:
-            raise _storage_error(exc) from exc
-
-    async def copy_rows(
-        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> int:
-        if not columns:
-            raise StorageError("copy_rows needs at least one column")
-        names = ", ".join(f'"{check_identifier(c)}"' for c in columns)
-        marks = ", ".join("?" * len(columns))
-        sql = f'INSERT INTO "{check_identifier(table)}" ({names}) VALUES ({marks})'
-        batch = [_params(row) for row in rows]
-        try:
-            await (await self._db.executemany(sql, batch)).close()
-        except (sqlite3.Error, OverflowError) as exc:
-            raise _storage_error(exc) from exc
-        return len(batch)
-
-    async def executescript(self, script: str) -> None:
-        for statement in split_script(script):
-            await self.execute(statement)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        params = _params(args)
-        try:
-            # Rows are dicts (row_factory); aiosqlite's annotation says sqlite3.Row.
-            return cast(list[Row], list(await self._db.execute_fetchall(sql, params)))
-        except (sqlite3.Error, OverflowError, ValueError) as exc:
-            # ValueError: a converter met text it cannot parse.
-            raise _storage_error(exc) from exc
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        params = _params(args)
-        try:
-            async with self._db.execute(sql, params) as cursor:
-                return cast(Row | None, await cursor.fetchone())
-        except (sqlite3.Error, OverflowError, ValueError) as exc:
-            raise _storage_error(exc) from exc
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else next(iter(row.values()), None)
-
-
-class SQLiteTx(_Queries):
-    """The handle a transaction yields; it refuses work once the transaction has ended
-    or once one of its statements failed (as PostgreSQL does)."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        super().__init__(db)
-        self._open = True
-        self.failed = False
-
-    def _end(self) -> None:
-        self._open = False
-
-    @contextmanager
-    def _using(self) -> Iterator[None]:
-        if not self._open:
-            raise StorageError("transaction already finished; open a new one")
-        if self.failed:
-            raise StorageError("transaction failed: a statement in it raised; end the block")
-        try:
-            yield
-        except StorageError:
-            self.failed = True
-            raise
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        with self._using():
-            await super().execute(sql, *args)
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._using():
-            await super().executemany(sql, rows)
-
-    async def executescript(self, script: str) -> None:
-        with self._using():
-            await super().executescript(script)
-
-    async def copy_rows(
-        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> int:
-        with self._using():
-            return await super().copy_rows(table, columns, rows)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        with self._using():
-            return await super().fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        with self._using():
-            return await super().fetchrow(sql, *args)
 
 
 class SQLiteStorage:
@@ -274,7 +70,7 @@ class SQLiteStorage:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self.path = path
         self._db = db
-        self._raw = _Queries(db)
+        self._raw = SQLiteQueries(db)
         self._lock = asyncio.Lock()
         self._holder: asyncio.Task[Any] | None = None
         self._closed = False
@@ -283,10 +79,7 @@ class SQLiteStorage:
     async def _hold(self) -> AsyncIterator[None]:
         # Waiting for a lock our own task holds would hang forever: fail loudly instead.
         if self._holder is not None and self._holder is asyncio.current_task():
-            raise StorageError(
-                "storage used directly inside its own transaction: query through the "
-                "Tx that transaction() yields (transactions do not nest)"
-            )
+            raise StorageError(NESTED_USE)
         async with self._lock:
             if self._closed:
                 raise StorageUnavailable("storage is closed")
@@ -320,7 +113,7 @@ class SQLiteStorage:
                 # The caller caught a statement's error and carried on: what ran before it
                 # must not be committed without what failed.
                 await self._rollback()
-                raise StorageError("transaction rolled back: a statement in it failed")
+                raise StorageError(TX_FAILED)
             try:
                 await self._raw.execute("COMMIT")
             except BaseException:
@@ -366,16 +159,9 @@ class SQLiteStorage:
             return await self._raw.fetchval(sql, *args)
 
     async def ping(self) -> None:
-        try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                # Reads the schema page, so a vanished or broken file shows, unlike SELECT 1.
-                await self.fetchval("SELECT count(*) FROM sqlite_master")
-        except TimeoutError as exc:
-            raise StorageUnavailable(f"database did not answer within {PING_TIMEOUT}s") from exc
-        except StorageUnavailable:
-            raise
-        except StorageError as exc:
-            raise StorageUnavailable(str(exc)) from exc
+        async with answering_within(PING_TIMEOUT):
+            # Reads the schema page, so a vanished or broken file shows, unlike SELECT 1.
+            await self.fetchval("SELECT count(*) FROM sqlite_master")
 
     async def close(self) -> None:
         async with self._lock:
@@ -416,7 +202,7 @@ async def open_sqlite(path: str, *, readonly: bool = False) -> SQLiteStorage:
     try:
         await db
         # aiosqlite annotates row_factory as a class; sqlite3 takes any callable.
-        db.row_factory = _dict_row  # type: ignore[assignment]
+        db.row_factory = dict_row  # type: ignore[assignment]
         for pragma in READONLY_PRAGMAS if readonly else PRAGMAS:
             await (await db.execute(pragma)).close()
     except sqlite3.Error as exc:
