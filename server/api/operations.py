@@ -65,10 +65,18 @@ class Operation:
         except ValidationError as exc:
             raise ValidationFailed(details=exc.messages) from None
 
-    async def run(self, ctx: Ctx, raw: dict[str, Any]) -> Any:
+    def authorize(self, ctx: Ctx) -> None:
+        """Unauthorized/Forbidden unless the caller may run this: checked before any input."""
         if self.roles is not None:
             require_role(ctx.principal, self.roles, ctx.config.auth.anonymous_writes)
+
+    async def execute(self, ctx: Ctx, raw: dict[str, Any]) -> Any:
+        """Validate the arguments and run (after authorize)."""
         return await self.fn(ctx, self.load(raw))
+
+    async def run(self, ctx: Ctx, raw: dict[str, Any]) -> Any:
+        self.authorize(ctx)
+        return await self.execute(ctx, raw)
 
 
 def operation(

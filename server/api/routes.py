@@ -34,7 +34,10 @@ async def read_json(request: web.Request) -> Any:
 
 def rest_handler(op: Operation) -> Any:
     async def handle(request: web.Request) -> web.Response:
-        principal = request_principal(request)
+        app = request.app
+        ctx = Ctx(request_principal(request), app[SERVICES], app[HUB], app[CONFIG])
+        # Who may call comes first: a caller without the role learns nothing about its input.
+        op.authorize(ctx)
         raw: dict[str, Any] = dict(request.query)
         raw.pop("token", None)
         if op.method in _BODY_METHODS:
@@ -46,9 +49,7 @@ def rest_handler(op: Operation) -> Any:
             else:
                 raise ValidationFailed(details={"_schema": ["the body must be a JSON object"]})
         raw.update(request.match_info)
-        app = request.app
-        ctx = Ctx(principal, app[SERVICES], app[HUB], app[CONFIG])
-        result = await op.run(ctx, raw)
+        result = await op.execute(ctx, raw)
         if result is None:
             return web.Response(status=204)
         return json_response(result, status=op.status)

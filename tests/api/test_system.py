@@ -602,3 +602,9 @@ async def test_system_event_missing_fields_get_defaults(
     await publish(client, token(), {"type": "system_event", "message": "disk 91%"})
     frame = await ws.recv_type("system_event")
     assert (frame["level"], frame["message"], frame["data"]) == ("info", "disk 91%", {})
+
+
+async def test_write_without_token_is_401_whatever_the_body(client: TestClient):
+    resp = await client.post("/api/v1/events/general", data=b"not json")
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "unauthorized"
