@@ -57,10 +57,6 @@ class Publication:
         self._payloads[channel] = data
         return data
 
-    def frame(self, channel: str) -> dict[str, Any]:
-        """The same frame as a dict (for tests and non-WebSocket transports)."""
-        return codec.loads(self.payload(channel))
-
 
 @dataclass(frozen=True, slots=True)
 class Position:

@@ -12,7 +12,7 @@ from typing import Any
 from server import codec
 from server.errors import ApiError
 
-# Error codes a frame may carry (SPEC §4).
+# Error codes a frame may carry (SPEC §4); any other ApiError code goes out as `internal`.
 ERROR_CODES = frozenset(
     {
         "bad_request",
@@ -35,7 +35,7 @@ CLOSE_FORBIDDEN = 4003
 CLOSE_POLICY = 4008
 CLOSE_DUPLICATE = 4009
 CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
+# 1009 (frame too big) is sent by aiohttp itself, from max_msg_size.
 
 _FIN_TEXT = 0x81
 
@@ -56,7 +56,8 @@ def encode(type: str, **fields: Any) -> bytes:
 
 
 def error(exc: ApiError, id: Any = None) -> bytes:
-    frame: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    code = exc.code if exc.code in ERROR_CODES else "internal"
+    frame: dict[str, Any] = {"code": code, "message": exc.message}
     if id is not None:
         frame["id"] = id
     if exc.details is not None:

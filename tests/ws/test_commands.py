@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from server import codec
+from server.errors import Unavailable
 from server.keys import BUS, HUB
+from server.ws import frames
 
 
 async def test_ping_pong_echoes_the_id(connect):
@@ -148,3 +151,8 @@ async def test_frames_are_handled_in_order(connect):
     for i in range(20):
         await ws.send({"type": "ping", "id": i})
     assert [(await ws.recv())["id"] for _ in range(20)] == list(range(20))
+
+
+def test_error_codes_outside_the_frame_vocabulary_go_out_as_internal():
+    frame = codec.loads(frames.error(Unavailable("database unavailable"), id=7))
+    assert (frame["code"], frame["message"], frame["id"]) == ("internal", "database unavailable", 7)
