@@ -8,7 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import system
+from server.api import readings, sensors, system
 from server.api.middleware import json_errors, request_principal
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
@@ -17,7 +17,7 @@ from server.errors import InvalidJson, ValidationFailed
 from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
 from server.ws import endpoint
 
-OPERATION_FUNCTIONS = (*system.OPERATIONS,)
+OPERATION_FUNCTIONS = (*system.OPERATIONS, *sensors.OPERATIONS, *readings.OPERATIONS)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -52,7 +52,11 @@ def rest_handler(op: Operation) -> Any:
         result = await op.execute(ctx, raw)
         if result is None:
             return web.Response(status=204)
-        return json_response(result, status=op.status)
+        headers = None
+        # A create on a collection route names where the new object lives (SPEC §5).
+        if op.status == 201 and "{" not in op.path and isinstance(result, dict) and "id" in result:
+            headers = {"Location": f"{request.path.rstrip('/')}/{result['id']}"}
+        return json_response(result, status=op.status, headers=headers)
 
     handle.__name__ = f"{op.resource}_{op.action}"
     return json_errors(handle)

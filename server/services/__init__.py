@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from server.bus import Bus
 from server.services.events import EventService
+from server.services.readings import ReadingService
+from server.services.sensors import SensorsService
 from server.storage import Storage
 
 
@@ -13,7 +15,14 @@ from server.storage import Storage
 class Services:
     storage: Storage
     events: EventService
+    readings: ReadingService
+    sensors: SensorsService
 
 
 def create_services(storage: Storage, bus: Bus) -> Services:
-    return Services(storage=storage, events=EventService(bus))
+    return Services(
+        storage=storage,
+        events=EventService(bus),
+        readings=ReadingService(storage, bus),
+        sensors=SensorsService(storage, bus),
+    )

@@ -1,0 +1,285 @@
+"""Readings: ingest (with anomaly detection), query, latest per metric, time-bucket aggregates;
+anomalies: list and resolve. Pure of HTTP.
+
+Ingest takes readings api/readings.py has already parsed (shape, numbers, timestamps),
+checks the sensors and their thresholds, stores every metric row in one copy_rows and the
+anomalies in the same transaction, and publishes after the commit: per reading an
+`entity_event` reading on `readings`, `readings:{id}`, `sensors:{id}`, followed by the
+anomalies it raised. An unknown sensor_id is a 422 like any other bad field (it is part of
+the body, not the URL), under the item's index in a batch: `{"3": {"sensor_id": [...]}}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from server import codec
+from server.bus import Bus
+from server.errors import Conflict, NotFound, ValidationFailed
+from server.storage import IntegrityError, Row, Storage
+from server.storage import readings as queries
+
+if TYPE_CHECKING:
+    from server.auth import Principal
+
+# Errors reported for one request; past this a bad batch is not worth describing further.
+MAX_ERRORS = 50
+MAX_BUCKETS = 10_000
+
+# (sensor_id, timestamp, {metric: value}): what api/readings.py parses a body into.
+Reading = tuple[int, datetime, dict[str, float]]
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 UTC with Z: milliseconds as in every frame, microseconds when they matter."""
+    moment = moment.astimezone(UTC)
+    spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def parse_time(value: Any) -> datetime:
+    """ISO 8601 with an offset (or Z), or epoch seconds; ValueError says what is wrong."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("Not an ISO 8601 time or epoch seconds.") from None
+        if moment.utcoffset() is None:
+            raise ValueError("An ISO 8601 time needs an offset or Z.")
+        return moment.astimezone(UTC)
+    if type(value) in (int, float) and math.isfinite(value):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("Epoch seconds out of range.") from None
+    raise ValueError("Not an ISO 8601 time or epoch seconds.")
+
+
+def anomaly_object(row: Row) -> dict[str, Any]:
+    resolved_at = row["resolved_at"]
+    return {
+        "id": row["id"],
+        "sensor_id": row["sensor_id"],
+        "metric": row["metric"],
+        "value": row["value"],
+        "min": row["min"],
+        "max": row["max"],
+        "timestamp": iso(row["ts"]),
+        "resolved": row["resolved"],
+        "resolved_at": None if resolved_at is None else codec.isotime(resolved_at),
+        "created_at": codec.isotime(row["created_at"]),
+    }
+
+
+def _bound(threshold: Any, key: str) -> float | None:
+    value = threshold.get(key) if type(threshold) is dict else None
+    return value if type(value) in (int, float) else None
+
+
+def _encode_cursor(key: Any) -> str:
+    return base64.urlsafe_b64encode(codec.dumps(key)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None, check: type) -> Any:
+    if not cursor:
+        return None
+    try:
+        key = codec.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if check is int and type(key) is int:
+            return key
+        if check is tuple and [type(k) for k in key] == [str, int, str, int] and key[3] >= 0:
+            return parse_time(key[0]), key[1], key[2], key[3]
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    raise ValidationFailed(details={"cursor": ["Not a cursor this server returned."]})
+
+
+def _next_key(rows: list[Row], limit: int, after: Any) -> str | None:
+    """The readings cursor: the page's last key and how many rows with that key were
+    returned so far (this page's run, plus the previous pages' if the run spans them)."""
+    if len(rows) <= limit:
+        return None
+    keys = [(r["ts"], r["sensor_id"], r["metric"]) for r in rows[:limit]]
+    key = keys[-1]
+    run = 0
+    while run < limit and keys[-1 - run] == key:
+        run += 1
+    if run == limit and after is not None and tuple(after[:3]) == key:
+        run += after[3]
+    moment = key[0].astimezone(UTC).isoformat(timespec="microseconds")
+    return _encode_cursor([moment, key[1], key[2], run])
+
+
+class ReadingService:
+    def __init__(self, storage: Storage, bus: Bus) -> None:
+        self.storage = storage
+        self.bus = bus
+        self.anomalies = AnomalyService(storage, bus)
+
+    async def ingest(self, readings: list[Reading], batch: bool) -> dict[str, Any]:
+        """Store (metric rows and anomalies in one transaction), then publish. `batch`:
+        errors are keyed by the item's index."""
+        sensors = await queries.sensor_thresholds(self.storage, {r[0] for r in readings})
+        rows: list[tuple[int, datetime, str, float]] = []
+        found: list[tuple[int, int, str, float, Any, Any, datetime]] = []
+        unknown: dict[str, Any] = {}
+        for index, (sensor_id, ts, values) in enumerate(readings):
+            thresholds = sensors.get(sensor_id)
+            if thresholds is None:
+                if len(unknown) < MAX_ERRORS:
+                    unknown[str(index)] = {"sensor_id": [f"Unknown sensor {sensor_id}."]}
+                continue
+            for metric, value in values.items():
+                rows.append((sensor_id, ts, metric, value))
+                if metric in thresholds:
+                    low = _bound(thresholds[metric], "min")
+                    high = _bound(thresholds[metric], "max")
+                    if (low is not None and value < low) or (high is not None and value > high):
+                        found.append((index, sensor_id, metric, value, low, high, ts))
+        if unknown:
+            raise ValidationFailed(details=unknown if batch else unknown["0"])
+        try:
+            stored = await queries.store_readings(self.storage, rows, [a[1:] for a in found])
+        except IntegrityError:
+            # A sensor deleted between the check above and the insert: nothing was stored.
+            raise ValidationFailed(
+                details={"sensor_id": ["A sensor was deleted while its readings were stored."]}
+            ) from None
+        raised = list(zip((a[0] for a in found), stored, strict=True))
+        await self._publish(readings, raised)
+        return {"accepted": len(readings)}
+
+    async def _publish(self, readings: list[Reading], raised: list[tuple[int, Row]]) -> None:
+        """Each reading, then the anomalies it raised; one publication each."""
+        pending = iter(raised)
+        upcoming = next(pending, None)
+        for index, (sensor_id, ts, values) in enumerate(readings):
+            await self.bus.publish(
+                ("readings", f"readings:{sensor_id}", f"sensors:{sensor_id}"),
+                "entity_event",
+                {
+                    "entity_type": "sensor",
+                    "event_type": "reading",
+                    "entity_id": sensor_id,
+                    "data": {"sensor_id": sensor_id, "timestamp": iso(ts), "values": values},
+                    "metadata": {"action": "reading"},
+                },
+            )
+            while upcoming is not None and upcoming[0] == index:
+                await self.anomalies.publish("anomaly_detected", anomaly_object(upcoming[1]))
+                upcoming = next(pending, None)
+
+    async def query(self, args: dict[str, Any]) -> dict[str, Any]:
+        limit = args["limit"]
+        rows = await queries.select_readings(
+            self.storage,
+            sensor_id=args.get("sensor_id"),
+            metric=args.get("metric"),
+            start=args.get("start"),
+            end=args.get("end"),
+            after=(after := _decode_cursor(args.get("cursor"), tuple)),
+            limit=limit + 1,
+        )
+        items = [
+            {
+                "sensor_id": r["sensor_id"],
+                "timestamp": iso(r["ts"]),
+                "metric": r["metric"],
+                "value": r["value"],
+            }
+            for r in rows[:limit]
+        ]
+        return {"items": items, "next_cursor": _next_key(rows, limit, after)}
+
+    async def _known(self, sensor_id: int) -> None:
+        if not await queries.sensor_exists(self.storage, sensor_id):
+            raise NotFound(f"sensor {sensor_id} not found")
+
+    async def latest(self, sensor_id: int) -> dict[str, Any]:
+        """The newest value per metric; empty maps for a sensor with no readings yet."""
+        await self._known(sensor_id)
+        rows = await queries.select_latest(self.storage, sensor_id)
+        return {
+            "sensor_id": sensor_id,
+            "values": {r["metric"]: r["value"] for r in rows},
+            "timestamps": {r["metric"]: iso(r["ts"]) for r in rows},
+        }
+
+    async def aggregate(self, args: dict[str, Any]) -> dict[str, Any]:
+        sensor_id, metric, bucket = args["sensor_id"], args["metric"], args["bucket"]
+        await self._known(sensor_id)
+        rows = await queries.select_buckets(
+            self.storage,
+            sensor_id,
+            metric,
+            bucket,
+            args.get("start"),
+            args.get("end"),
+            MAX_BUCKETS + 1,
+        )
+        if len(rows) > MAX_BUCKETS:
+            raise ValidationFailed(
+                details={
+                    "bucket": [
+                        f"More than {MAX_BUCKETS} buckets: widen the bucket or narrow from/to."
+                    ]
+                }
+            )
+        items = [
+            {
+                "start": iso(datetime.fromtimestamp(int(r["start"]), UTC)),
+                "avg": float(r["avg"]),
+                "min": r["min"],
+                "max": r["max"],
+                "count": r["count"],
+            }
+            for r in rows
+        ]
+        return {"sensor_id": sensor_id, "metric": metric, "bucket": bucket, "items": items}
+
+
+class AnomalyService:
+    def __init__(self, storage: Storage, bus: Bus) -> None:
+        self.storage = storage
+        self.bus = bus
+
+    async def publish(self, event_type: str, anomaly: dict[str, Any], **meta: Any) -> None:
+        await self.bus.publish(
+            ("anomalies", f"sensors:{anomaly['sensor_id']}"),
+            "entity_event",
+            {
+                "entity_type": "anomaly",
+                "event_type": event_type,
+                "entity_id": anomaly["id"],
+                "data": anomaly,
+                "metadata": {"action": event_type, **meta},
+            },
+        )
+
+    async def list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Newest first."""
+        limit = args["limit"]
+        rows = await queries.select_anomalies(
+            self.storage,
+            sensor_id=args.get("sensor_id"),
+            resolved=args.get("resolved"),
+            before=_decode_cursor(args.get("cursor"), int),
+            limit=limit + 1,
+        )
+        cursor = _encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+        return {"items": [anomaly_object(r) for r in rows[:limit]], "next_cursor": cursor}
+
+    async def resolve(self, anomaly_id: int, by: Principal) -> dict[str, Any]:
+        """Mark resolved and publish `anomaly_resolved`; 404 unknown, 409 already resolved."""
+        row, changed = await queries.resolve_anomaly(self.storage, anomaly_id, codec.utcnow())
+        if row is None:
+            raise NotFound(f"anomaly {anomaly_id} not found")
+        if not changed:
+            raise Conflict(f"anomaly {anomaly_id} is already resolved")
+        anomaly = anomaly_object(row)
+        await self.publish("anomaly_resolved", anomaly, user=by.sub)
+        return anomaly
