@@ -11,14 +11,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.bus import Bus, Position, Publication
+from server.bus import Bus, Position, Publication, Recovery
 from server.ws import frames
 from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A channel's current state for a new subscriber: frames to send after `subscribed`,
+    and which live publications that state already covers."""
+
+    frames: list[bytes]
+    covers: Callable[[Publication], bool]
 
 
 @dataclass(slots=True)
@@ -81,14 +91,16 @@ class Hub:
         channel: str,
         since: Position | None = None,
         reply: dict[str, Any] | None = None,
+        snapshot: Callable[[], Awaitable[Snapshot]] | None = None,
     ) -> None:
-        """Subscribe, answer `subscribed`, then (with `since`) the missed publications.
+        """Subscribe and answer `subscribed`; then, with `since`, the missed publications and,
+        with `snapshot`, the current state; then live ones.
 
-        Publications arriving while the history is read are held back and sent after it,
-        skipping what the history already held, so there is no gap and no duplicate.
+        Publications arriving while history or state is read are held back and sent after
+        them, skipping what the history held or the snapshot covers: no gap, no duplicate.
         """
         self.channels.setdefault(channel, set()).add(conn)
-        if since is None:
+        if since is None and snapshot is None:
             position = await self.bus.position(channel)
             conn.subscriptions[channel] = position.offset + 1
             conn.send(self._subscribed(channel, position, None, reply))
@@ -98,7 +110,11 @@ class Hub:
             conn.recovering = {}
         conn.recovering[channel] = held
         try:
-            recovery = await self.bus.recover(channel, since)
+            if since is not None:
+                recovery = await self.bus.recover(channel, since)
+            else:
+                recovery = Recovery([], False, await self.bus.position(channel))
+            state = await snapshot() if snapshot is not None else None
         except BaseException:
             self._discard(channel, conn)
             raise
@@ -107,16 +123,19 @@ class Hub:
             if not conn.recovering:
                 conn.recovering = None
         position = recovery.position
-        first = since.offset + 1 if recovery.recovered else position.offset + 1
-        conn.send(self._subscribed(channel, position, recovery.recovered, reply))
-        last = since.offset
+        recovered = recovery.recovered if since is not None else None
+        conn.send(self._subscribed(channel, position, recovered, reply))
+        last = since.offset if since is not None and recovered else position.offset
         for pub in recovery.publications:
             if not self._delivered_elsewhere(conn, pub, channel):
                 conn.send(pub.payload(channel))
             last = pub.offsets[channel]
-        conn.subscriptions[channel] = first
+        if state is not None:
+            for frame in state.frames:
+                conn.send(frame)
+        conn.subscriptions[channel] = (since.offset if recovered and since else position.offset) + 1
         for pub in held:
-            if pub.offsets[channel] > last:
+            if pub.offsets[channel] > last and not (state is not None and state.covers(pub)):
                 conn.send(pub.payload(channel))
 
     @staticmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,19 @@ def iso(moment: datetime) -> str:
     moment = moment.astimezone(UTC)
     spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
     return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def reading_event(
+    sensor_id: int, ts: datetime, values: dict[str, float], **metadata: Any
+) -> dict[str, Any]:
+    """The entity_event body of one reading (SPEC §4)."""
+    return {
+        "entity_type": "sensor",
+        "event_type": "reading",
+        "entity_id": sensor_id,
+        "data": {"sensor_id": sensor_id, "timestamp": iso(ts), "values": values},
+        "metadata": {"action": "reading", **metadata},
+    }
 
 
 def parse_time(value: Any) -> datetime:
@@ -161,13 +175,7 @@ class ReadingService:
             await self.bus.publish(
                 ("readings", f"readings:{sensor_id}", f"sensors:{sensor_id}"),
                 "entity_event",
-                {
-                    "entity_type": "sensor",
-                    "event_type": "reading",
-                    "entity_id": sensor_id,
-                    "data": {"sensor_id": sensor_id, "timestamp": iso(ts), "values": values},
-                    "metadata": {"action": "reading"},
-                },
+                reading_event(sensor_id, ts, values),
             )
             while upcoming is not None and upcoming[0] == index:
                 await self.anomalies.publish("anomaly_detected", anomaly_object(upcoming[1]))
@@ -208,6 +216,30 @@ class ReadingService:
             "values": {r["metric"]: r["value"] for r in rows},
             "timestamps": {r["metric"]: iso(r["ts"]) for r in rows},
         }
+
+    async def snapshot(
+        self, sensor_id: int
+    ) -> tuple[list[dict[str, Any]], Callable[[str, dict[str, Any]], bool]]:
+        """A dashboard's starting point: the newest reading per metric as reading events
+        (metadata.snapshot), and a test telling whether a live event is already covered
+        by them. Nothing for a sensor that does not exist (yet): subscribing never checks."""
+        rows = await queries.select_latest(self.storage, sensor_id)
+        newest = {r["metric"]: r["ts"] for r in rows}
+        events = [
+            reading_event(sensor_id, r["ts"], {r["metric"]: r["value"]}, snapshot=True)
+            for r in rows
+        ]
+
+        def covers(kind: str, body: dict[str, Any]) -> bool:
+            if kind != "entity_event" or body.get("event_type") != "reading":
+                return False
+            data = body.get("data") or {}
+            if data.get("sensor_id") != sensor_id:
+                return False
+            ts = parse_time(data["timestamp"])
+            return all(m in newest and ts <= newest[m] for m in data.get("values", {}))
+
+        return events, covers
 
     async def aggregate(self, args: dict[str, Any]) -> dict[str, Any]:
         sensor_id, metric, bucket = args["sensor_id"], args["metric"], args["bucket"]

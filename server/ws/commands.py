@@ -26,6 +26,7 @@ from server.errors import (
     UnknownType,
     ValidationFailed,
 )
+from server.hub import Snapshot
 from server.ws import frames
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class SinceIn(Schema):
 class SubscribeFrame(Frame):
     channel = fields.String(required=True, validate=validate_channel)
     since = fields.Nested(SinceIn, load_default=None)
+    snapshot = fields.Boolean(load_default=False)
 
 
 class ChannelFrame(Frame):
@@ -128,7 +130,28 @@ async def subscribe(session: Session, frame: dict[str, Any]) -> None:
     since = frame["since"]
     position = Position(since["offset"], since["epoch"]) if since else None
     reply = {"id": frame["id"]} if frame["id"] is not None else None
-    await session.dispatcher.hub.subscribe(conn, channel, position, reply)
+    snapshot = _snapshot_loader(session, channel) if frame["snapshot"] else None
+    await session.dispatcher.hub.subscribe(conn, channel, position, reply, snapshot)
+
+
+# Channels whose state a subscriber may ask for first: the latest reading per metric.
+SNAPSHOT_NAMESPACES = frozenset({"readings", "sensors"})
+
+
+def _snapshot_loader(session: Session, channel: str) -> Callable[[], Awaitable[Snapshot]]:
+    ns, _, ident = channel.partition(":")
+    if ns not in SNAPSHOT_NAMESPACES or not ident.isdigit():
+        raise BadRequest("snapshot is offered on readings:{sensor_id} and sensors:{id} channels")
+    sensor_id = int(ident)
+
+    async def load() -> Snapshot:
+        events, covers = await session.dispatcher.services().readings.snapshot(sensor_id)
+        return Snapshot(
+            [frames.encode("entity_event", channel=channel, **body) for body in events],
+            lambda pub: covers(pub.type, pub.body),
+        )
+
+    return load
 
 
 @command("unsubscribe", ChannelFrame)
