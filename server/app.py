@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aiojobs
 from aiohttp import web
 
+from server import codec
 from server.api.middleware import shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
@@ -19,8 +21,9 @@ from server.config import Config
 from server.hub import Hub
 from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
 from server.services import create_services
-from server.storage import open_storage
+from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
+from server.storage.readings import delete_readings_before
 from server.ws.commands import Dispatcher
 from server.ws.endpoint import close_all
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # How often expired history is dropped from the in-memory ring buffers.
 HISTORY_TRIM_SECONDS = 30.0
+# How often readings past retention.readings_days are deleted.
+RETENTION_SECONDS = 3600.0
 
 
 def create_app(config: Config) -> web.Application:
@@ -78,6 +83,9 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Background jobs; at shutdown they are given shutdown_timeout to finish."""
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
     await scheduler.spawn(_trim_history(app[BUS]), name="history-trim")
+    days = app[CONFIG].retention.readings_days
+    if days:
+        await scheduler.spawn(_expire_readings(app[SERVICES].storage, days), name="retention")
     yield
     await scheduler.close()
 
@@ -88,3 +96,22 @@ async def _trim_history(bus: Bus) -> None:
         dropped = bus.backend.trim()
         if dropped:
             log.debug("history trim dropped %d publications", dropped)
+
+
+async def expire_readings(storage: Storage, days: int) -> int:
+    """Delete readings older than `days` days (0: keep everything); returns how many."""
+    if days <= 0:
+        return 0
+    deleted = await delete_readings_before(storage, codec.utcnow() - timedelta(days=days))
+    log.info("retention deleted %d readings older than %d days", deleted, days)
+    return deleted
+
+
+async def _expire_readings(storage: Storage, days: int) -> None:
+    # First pass at start: a server restarted more often than hourly still trims.
+    while True:
+        try:
+            await expire_readings(storage, days)
+        except StorageError as exc:
+            log.warning("retention skipped this pass: %s", exc)
+        await asyncio.sleep(RETENTION_SECONDS)

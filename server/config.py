@@ -118,6 +118,12 @@ _OPEN = NamespaceRule()
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    # Readings older than this many days are deleted every hour; 0 keeps them forever.
+    readings_days: int = setting(30, validate.Range(min=0))
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -132,6 +138,7 @@ class Config:
     ws: WsConfig = field(default_factory=WsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Directory of the config file: relative paths (SQLite file, var/) resolve against it.
     base_dir: Path = field(default_factory=Path.cwd)

@@ -8,7 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import readings, sensors, system
+from server.api import predictions, readings, sensors, system
 from server.api.middleware import json_errors, request_principal
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
@@ -17,7 +17,12 @@ from server.errors import InvalidJson, ValidationFailed
 from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
 from server.ws import endpoint
 
-OPERATION_FUNCTIONS = (*system.OPERATIONS, *sensors.OPERATIONS, *readings.OPERATIONS)
+OPERATION_FUNCTIONS = (
+    *system.OPERATIONS,
+    *sensors.OPERATIONS,
+    *readings.OPERATIONS,
+    *predictions.OPERATIONS,
+)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from server.bus import Bus
 from server.services.events import EventService
+from server.services.predictions import PredictionService
 from server.services.readings import ReadingService
 from server.services.sensors import SensorsService
 from server.storage import Storage
@@ -15,6 +16,7 @@ from server.storage import Storage
 class Services:
     storage: Storage
     events: EventService
+    predictions: PredictionService
     readings: ReadingService
     sensors: SensorsService
 
@@ -23,6 +25,7 @@ def create_services(storage: Storage, bus: Bus) -> Services:
     return Services(
         storage=storage,
         events=EventService(bus),
+        predictions=PredictionService(storage, bus),
         readings=ReadingService(storage, bus),
         sensors=SensorsService(storage, bus),
     )

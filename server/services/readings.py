@@ -11,8 +11,6 @@ the body, not the URL), under the item's index in a batch: `{"3": {"sensor_id": 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from server import codec
 from server.bus import Bus
 from server.errors import Conflict, NotFound, ValidationFailed
+from server.services.paging import decode_cursor, decode_id_cursor, encode_cursor, not_ours
 from server.storage import IntegrityError, Row, Storage
 from server.storage import readings as queries
 
@@ -94,22 +93,17 @@ def _bound(threshold: Any, key: str) -> float | None:
     return value if type(value) in (int, float) else None
 
 
-def _encode_cursor(key: Any) -> str:
-    return base64.urlsafe_b64encode(codec.dumps(key)).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None, check: type) -> Any:
-    if not cursor:
+def _decode_reading_key(cursor: str | None) -> Any:
+    """A readings cursor: (ts, sensor_id, metric, rows already returned at that key)."""
+    key = decode_cursor(cursor)
+    if key is None:
         return None
     try:
-        key = codec.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if check is int and type(key) is int:
-            return key
-        if check is tuple and [type(k) for k in key] == [str, int, str, int] and key[3] >= 0:
+        if [type(k) for k in key] == [str, int, str, int] and key[3] >= 0:
             return parse_time(key[0]), key[1], key[2], key[3]
-    except (binascii.Error, ValueError, TypeError):
+    except (ValueError, TypeError):
         pass
-    raise ValidationFailed(details={"cursor": ["Not a cursor this server returned."]})
+    raise not_ours()
 
 
 def _next_key(rows: list[Row], limit: int, after: Any) -> str | None:
@@ -125,7 +119,7 @@ def _next_key(rows: list[Row], limit: int, after: Any) -> str | None:
     if run == limit and after is not None and tuple(after[:3]) == key:
         run += after[3]
     moment = key[0].astimezone(UTC).isoformat(timespec="microseconds")
-    return _encode_cursor([moment, key[1], key[2], run])
+    return encode_cursor([moment, key[1], key[2], run])
 
 
 class ReadingService:
@@ -189,7 +183,7 @@ class ReadingService:
             metric=args.get("metric"),
             start=args.get("start"),
             end=args.get("end"),
-            after=(after := _decode_cursor(args.get("cursor"), tuple)),
+            after=(after := _decode_reading_key(args.get("cursor"))),
             limit=limit + 1,
         )
         items = [
@@ -299,10 +293,10 @@ class AnomalyService:
             self.storage,
             sensor_id=args.get("sensor_id"),
             resolved=args.get("resolved"),
-            before=_decode_cursor(args.get("cursor"), int),
+            before=decode_id_cursor(args.get("cursor")),
             limit=limit + 1,
         )
-        cursor = _encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+        cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
         return {"items": [anomaly_object(r) for r in rows[:limit]], "next_cursor": cursor}
 
     async def resolve(self, anomaly_id: int, by: Principal) -> dict[str, Any]:

@@ -8,8 +8,6 @@ subscriber never hears of something a reader could not yet see.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 from server import codec
 from server.bus import Bus
 from server.errors import NotFound, ValidationFailed
+from server.services.paging import decode_id_cursor, encode_cursor
 from server.storage import IntegrityError, Row, Storage
 from server.storage import sensors as queries
 
 if TYPE_CHECKING:
     from server.auth import Principal
-
-_CURSOR_PREFIX = "id:"
 
 
 def location_object(row: Row) -> dict[str, Any]:
@@ -56,24 +53,6 @@ def sensor_object(row: Row) -> dict[str, Any]:
         "tipo": row["type"],
         "modelo": row["model"],
     }
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int:
-    """The id a page starts after (0 for the first page); 422 for a cursor we did not make."""
-    if not cursor:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    digits = text.removeprefix(_CURSOR_PREFIX)
-    if not text.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 19:
-        raise ValidationFailed(details={"cursor": ["not a cursor this server returned"]})
-    return int(digits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +155,7 @@ class SensorsService:
     async def _list(
         self, kind: _Kind, limit: int, cursor: str | None, filters: dict[str, Any]
     ) -> dict[str, Any]:
-        after = decode_cursor(cursor)
+        after = decode_id_cursor(cursor) or 0
         # One row more than asked says whether another page exists.
         rows = await queries.select_page(self.storage, kind.table, after, limit + 1, filters)
         more = len(rows) > limit

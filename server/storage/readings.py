@@ -185,3 +185,13 @@ async def resolve_anomaly(
         if row is not None:
             return row, True
         return await tx.fetchrow("SELECT * FROM anomalies WHERE id = ?", anomaly_id), False
+
+
+async def delete_readings_before(storage: Storage, cutoff: datetime) -> int:
+    """Delete every reading with ts < cutoff (retention); returns how many. Counted in the
+    same transaction, as execute reports no row count on every backend."""
+    async with storage.transaction() as tx:
+        count = int(await tx.fetchval("SELECT count(*) FROM readings WHERE ts < ?", cutoff))
+        if count:
+            await tx.execute("DELETE FROM readings WHERE ts < ?", cutoff)
+        return count

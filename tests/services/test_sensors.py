@@ -9,7 +9,8 @@ from server.auth import Principal
 from server.bus import Bus, Publication
 from server.bus.local import LocalBackend
 from server.errors import NotFound, ValidationFailed
-from server.services.sensors import SensorsService, decode_cursor, encode_cursor
+from server.services.paging import decode_id_cursor, encode_cursor
+from server.services.sensors import SensorsService
 from server.storage import Storage
 
 # The storage fixtures run every test here on SQLite and on PostgreSQL.
@@ -159,11 +160,11 @@ async def test_pages_follow_ids_and_filters(service: SensorsService):
 @pytest.mark.parametrize("cursor", ["garbage", "aWQ6eA", encode_cursor(1) + "!!", "%%%"])
 def test_a_cursor_the_server_did_not_make_is_422(cursor: str):
     with pytest.raises(ValidationFailed) as caught:
-        decode_cursor(cursor)
+        decode_id_cursor(cursor)
 
     assert list(caught.value.details) == ["cursor"]
 
 
 def test_cursor_round_trips_its_id():
-    assert decode_cursor(encode_cursor(123456)) == 123456
-    assert decode_cursor(None) == 0
+    assert decode_id_cursor(encode_cursor(123456)) == 123456
+    assert decode_id_cursor(None) is None
