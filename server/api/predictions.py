@@ -5,20 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, pre_load, validate
+from marshmallow import Schema, fields, validate
 
 from server.api.operations import Ctx, operation
+from server.api.readings import SensorIn, sensor_id_field
 
 PREDICT_ROLES = ("service",)  # and admin, who always may
 MAX_HORIZON = 1000
 
 
-def _sensor_id(**kw: Any) -> fields.Integer:
-    return fields.Integer(validate=validate.Range(min=1, max=2**63 - 1), **kw)
-
-
-class PredictionIn(Schema):
-    sensor_id = _sensor_id(required=True)
+class PredictionIn(SensorIn):
     metric = fields.String(required=True, validate=validate.Length(min=1, max=100))
     horizon = fields.Integer(
         required=True,
@@ -27,17 +23,9 @@ class PredictionIn(Schema):
         metadata={"description": "future steps at the series' typical interval"},
     )
 
-    @pre_load
-    def id_alias(self, data: Any, **kwargs: Any) -> Any:
-        # A WS payload may name the sensor `id`, as the sensors operations do.
-        if isinstance(data, dict) and "id" in data and "sensor_id" not in data:
-            data = {**data, "sensor_id": data["id"]}
-            del data["id"]
-        return data
-
 
 class PredictionQuery(Schema):
-    sensor_id = _sensor_id(load_default=None)
+    sensor_id = sensor_id_field(load_default=None)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
     cursor = fields.String(load_default=None)
 

@@ -136,7 +136,7 @@ class Bucket(fields.Field):
             raise ValidationError(str(exc)) from None
 
 
-def _sensor_id(**kw: Any) -> fields.Integer:
+def sensor_id_field(**kw: Any) -> fields.Integer:
     return fields.Integer(validate=validate.Range(min=1, max=2**63 - 1), **kw)
 
 
@@ -155,14 +155,14 @@ class Page(Schema):
 
 
 class ReadingQuery(Page):
-    sensor_id = _sensor_id(load_default=None)
+    sensor_id = sensor_id_field(load_default=None)
     metric = fields.String(load_default=None)
     start = Moment(data_key="from", load_default=None)
     end = Moment(data_key="to", load_default=None)
 
 
 class SensorIn(Schema):
-    sensor_id = _sensor_id(required=True)
+    sensor_id = sensor_id_field(required=True)
 
     @pre_load
     def id_alias(self, data: Any, **kwargs: Any) -> Any:
@@ -181,7 +181,7 @@ class AggregateIn(SensorIn):
 
 
 class AnomalyQuery(Page):
-    sensor_id = _sensor_id(load_default=None)
+    sensor_id = sensor_id_field(load_default=None)
     resolved = fields.Boolean(load_default=None)
 
 

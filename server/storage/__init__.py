@@ -271,3 +271,19 @@ def sqlite_path(url: str, base_dir: Path) -> str:
         return raw
     path = Path(raw).expanduser()
     return str(path if path.is_absolute() else base_dir / path)
+
+
+async def select_newest(
+    db: Tx, table: str, filters: dict[str, Any], before: int | None, limit: int
+) -> list[Row]:
+    """A page of `table` newest first (highest id): rows matching every non-None filter,
+    with ids below `before` (the id the previous page ended on)."""
+    where = [(f"{check_identifier(column)} = ?", value) for column, value in filters.items()]
+    where = [(clause, value) for clause, value in where if value is not None]
+    if before is not None:
+        where.append(("id < ?", before))
+    sql = f"SELECT * FROM {check_identifier(table)}"
+    if where:
+        sql += " WHERE " + " AND ".join(clause for clause, _ in where)
+    args = [value for _, value in where]
+    return await db.fetch(sql + " ORDER BY id DESC LIMIT ?", *args, limit)

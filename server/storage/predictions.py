@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from server.storage import Row, Tx
+from server.storage import Row, Tx, select_newest
 
 PREDICTION_COLUMNS = ("sensor_id", "metric", "horizon", "method", "points", "params")
 
@@ -39,15 +39,4 @@ async def select_predictions(
     db: Tx, *, sensor_id: int | None, before: int | None, limit: int
 ) -> list[Row]:
     """Newest first (highest id); `before` is the id the previous page ended on."""
-    where: list[str] = []
-    args: list[Any] = []
-    if sensor_id is not None:
-        where.append("sensor_id = ?")
-        args.append(sensor_id)
-    if before is not None:
-        where.append("id < ?")
-        args.append(before)
-    sql = "SELECT * FROM predictions"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return await db.fetch(sql + " ORDER BY id DESC LIMIT ?", *args, limit)
+    return await select_newest(db, "predictions", {"sensor_id": sensor_id}, before, limit)

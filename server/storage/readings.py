@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from server.storage import Row, Storage, Tx
+from server.storage import Row, Storage, Tx, select_newest
 
 READING_COLUMNS = ("sensor_id", "ts", "metric", "value")
 ANOMALY_COLUMNS = ("sensor_id", "metric", "value", "min", "max", "ts")
@@ -151,21 +151,9 @@ async def select_anomalies(
     db: Tx, *, sensor_id: int | None, resolved: bool | None, before: int | None, limit: int
 ) -> list[Row]:
     """Newest first (highest id); `before` is the id the previous page ended on."""
-    where: list[str] = []
-    args: list[Any] = []
-    if sensor_id is not None:
-        where.append("sensor_id = ?")
-        args.append(sensor_id)
-    if resolved is not None:
-        where.append("resolved = ?")
-        args.append(resolved)
-    if before is not None:
-        where.append("id < ?")
-        args.append(before)
-    sql = "SELECT * FROM anomalies"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return await db.fetch(sql + " ORDER BY id DESC LIMIT ?", *args, limit)
+    return await select_newest(
+        db, "anomalies", {"sensor_id": sensor_id, "resolved": resolved}, before, limit
+    )
 
 
 async def resolve_anomaly(
