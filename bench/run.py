@@ -10,13 +10,16 @@ process, the load generator, pins itself to another, so the server's CPU time is
 3. fan-out ramp: rising publication rates (x1.2 a step) until fewer than 99 % of the
    deliveries arrive by the end of the step plus a short grace; the best passing step is
    the "max deliveries/s".
+4. ingest (Sensorcast only, see ingest.py): readings/s through POST /api/v1/readings in
+   1,000-reading batches with 10 subscribers on `readings`, on SQLite and PostgreSQL,
+   against a raw bulk insert of the same rows into the same kind of database.
 
 For 2 and 3 both servers are up at once (same core, only one loaded at a time) and their
 measurement windows alternate, because a shared VM's speed drifts by tens of percent over
 minutes and sequential runs would put that drift into the ratios. Prints a table and writes
 bench/results/bench-<UTC>.json and latest.json.
 
-    python bench/run.py [--quick] [--only fanout,latency,memory] [--subscribers N]
+    python bench/run.py [--quick] [--only fanout,latency,memory,ingest] [--subscribers N]
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ REPO = BENCH_DIR.parent
 if str(BENCH_DIR) not in sys.path:  # imported as a module rather than run as a script
     sys.path.insert(0, str(BENCH_DIR))
 
-import loadgen as lg  # noqa: E402  (needs the sys.path line above)
+import ingest  # noqa: E402  (needs the sys.path line above)
+import loadgen as lg  # noqa: E402
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"
@@ -57,7 +61,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
 SERVERS = ("sensorcast", "reference")
-PHASES = ("fanout", "latency", "memory")
+PHASES = ("fanout", "latency", "memory", "ingest")
 
 # Targets for Sensorcast / reference ratios (and one absolute bound).
 TARGET_CPU_RATIO = 0.8
@@ -66,9 +70,10 @@ TARGET_P99_RATIO = 1.0
 TARGET_MEMORY_RATIO = 1.0
 TARGET_MEMORY_KB = 12.0
 
+DEFAULT_DB = "sqlite:///var/bench.db"
 BENCH_CONFIG = """\
 server: {{host: {host}, port: {port}}}
-database: {{url: "sqlite:///var/bench.db"}}
+database: {{url: "{database_url}"}}
 ws: {{rate_limit: 0, max_connections: 0, max_connections_per_ip: 0, heartbeat: 0, \
 max_queue_bytes: 4194304}}
 channels: {{namespaces: {{bench: {{subscribe: [anonymous, user, device, service, admin], \
@@ -102,6 +107,8 @@ class Params:
     # Subscribers that read immediately in the latency windows (the rest hold frames).
     latency_probes: int = 100
     connect_concurrency: int = 100
+    # Readings ingest: POST window per database backend (see ingest.py).
+    ingest_seconds: float = 10.0
     phases: tuple[str, ...] = PHASES
     servers: tuple[str, ...] = SERVERS
 
@@ -221,8 +228,11 @@ class Server:
         return "\n".join(text[-lines:])
 
 
-def server_command(name: str, port: int, workdir: Path) -> tuple[list[str], str, str]:
-    """(argv, subscriber path, publisher path) for one server under test."""
+def server_command(
+    name: str, port: int, workdir: Path, database_url: str = DEFAULT_DB, extra_config: str = ""
+) -> tuple[list[str], str, str]:
+    """(argv, subscriber path, publisher path) for one server under test; `database_url`
+    and `extra_config` (YAML appended to the config) apply to Sensorcast only."""
     if name == "reference":
         script = BENCH_DIR / "reference_server.py"
         return (
@@ -235,7 +245,8 @@ def server_command(name: str, port: int, workdir: Path) -> tuple[list[str], str,
             "Sensorcast server not built yet (server/app.py or server/cli.py missing)"
         )
     config = workdir / "bench.yaml"
-    config.write_text(BENCH_CONFIG.format(host=HOST, port=port), encoding="utf-8")
+    text = BENCH_CONFIG.format(host=HOST, port=port, database_url=database_url) + extra_config
+    config.write_text(text, encoding="utf-8")
     (workdir / "var").mkdir(exist_ok=True)
     return (
         [sys.executable, "-m", "server", "--config", str(config), "serve"],
@@ -274,12 +285,14 @@ def spawn(
 
 
 @contextlib.asynccontextmanager
-async def running(name: str, core: int | None) -> AsyncIterator[Server]:
+async def running(
+    name: str, core: int | None, database_url: str = DEFAULT_DB, extra_config: str = ""
+) -> AsyncIterator[Server]:
     """Start one server under test, wait for GET /health = 200, stop it with SIGTERM."""
     workdir = Path(tempfile.mkdtemp(prefix=f"sensorcast-bench-{name}-"))
     try:
         port = free_port()
-        argv, ws_path, pub_path = server_command(name, port, workdir)
+        argv, ws_path, pub_path = server_command(name, port, workdir, database_url, extra_config)
         if core is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", str(core), *argv]
         log_path = workdir / "server.log"
@@ -772,6 +785,19 @@ async def measure_memory_of(name: str, p: Params, core: int | None) -> dict[str,
     return m
 
 
+async def measure_ingest(p: Params, core: int | None) -> dict[str, Any]:
+    """Readings ingest on SQLite and PostgreSQL, against a raw bulk insert (ingest.py)."""
+
+    def start(database_url: str, extra_config: str) -> Any:
+        return running("sensorcast", core, database_url, extra_config)
+
+    return await ingest.measure(start, ingest_params(p), core)
+
+
+def ingest_params(p: Params) -> ingest.IngestParams:
+    return ingest.IngestParams(seconds=p.ingest_seconds)
+
+
 # report -------------------------------------------------------------------------------
 def _get(result: dict[str, Any] | None, *path: str) -> float | None:
     value: Any = result
@@ -841,6 +867,8 @@ def comparisons(
         f"<= {TARGET_MEMORY_RATIO:.2f}x, < {TARGET_MEMORY_KB:g} KB",
         lambda a, b, r: r <= TARGET_MEMORY_RATIO and a < TARGET_MEMORY_KB,
     )
+    if "ingest" in p.phases:
+        rows += ingest.comparison_rows((sc or {}).get("ingest"), ingest_params(p))
     return rows
 
 
@@ -931,7 +959,9 @@ def parse_args(argv: list[str]) -> tuple[Params, argparse.Namespace]:
         description="Fan-out, latency and memory of Sensorcast vs a websockets reference.",
     )
     parser.add_argument("--quick", action="store_true", help="shorter run (~1.5 min)")
-    parser.add_argument("--only", default=",".join(PHASES), help="phases: fanout,latency,memory")
+    parser.add_argument(
+        "--only", default=",".join(PHASES), help="phases: fanout,latency,memory,ingest"
+    )
     parser.add_argument("--servers", default=",".join(SERVERS), help="sensorcast,reference")
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers (default 1000)")
     parser.add_argument("--idle", type=int, help="idle connections for memory (default 5000)")
@@ -951,6 +981,7 @@ def parse_args(argv: list[str]) -> tuple[Params, argparse.Namespace]:
             warmup_seconds=1.0,
             step_seconds=2.0,
             ramp_factor=1.5,
+            ingest_seconds=5.0,
         )
     phases = tuple(x.strip() for x in args.only.split(",") if x.strip())
     servers = tuple(x.strip() for x in args.servers.split(",") if x.strip())
@@ -1001,6 +1032,9 @@ async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]
                 results[name]["memory"] = await measure_memory_of(name, p, cores[0])
             except (ServerUnavailable, lg.BenchError, OSError, TimeoutError) as exc:
                 failed(name, exc)
+    sensorcast = results.get("sensorcast")
+    if "ingest" in p.phases and sensorcast is not None and "error" not in sensorcast:
+        results["sensorcast"]["ingest"] = await measure_ingest(p, cores[0])
     if "fanout" not in p.phases and "latency" not in p.phases:
         return results
     # Fan-out and latency: every server up at once (same core, only one loaded at a time)
