@@ -164,7 +164,11 @@ class Hub:
 
     # -- fan-out -----------------------------------------------------------------------
 
-    async def on_publication(self, pub: Publication) -> None:
+    async def on_publication(self, publications: list[Publication]) -> None:
+        for pub in publications:
+            self._fan_out(pub)
+
+    def _fan_out(self, pub: Publication) -> None:
         self.stats.publications += 1
         reached = [(ch, subs) for ch in pub.channels if (subs := self.channels.get(ch))]
         if not reached:

@@ -7,7 +7,7 @@ through Redis, so neither services nor the hub change with the backend.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,13 +71,17 @@ class Recovery:
     position: Position
 
 
+Deliver = Callable[[list[Publication]], Awaitable[None]]
+
+
 class Backend(Protocol):
     epoch: str
 
-    async def start(self, deliver: Callable[[Publication], Awaitable[None]]) -> None: ...
+    async def start(self, deliver: Deliver) -> None: ...
     async def stop(self) -> None: ...
-    async def publish(self, publication: Publication) -> None:
-        """Assign offsets and epoch, keep history, then deliver (here or on every instance)."""
+    async def publish(self, publications: list[Publication]) -> None:
+        """Assign offsets and epoch to each, in order, keep history, then deliver the batch
+        (here, or on every instance)."""
 
     async def position(self, channel: str) -> Position: ...
     async def recover(self, channel: str, since: Position) -> Recovery:
@@ -87,14 +91,12 @@ class Backend(Protocol):
         """Drop expired history; returns how many publications were dropped."""
 
 
-Receiver = Callable[[Publication], Awaitable[None]]
-
-
 class Bus:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        # Receivers are added during app setup, then the signal is frozen at start.
-        self.on_publication: Signal[Publication] = Signal(self)
+        # Receivers get batches of publications in publishing order. They are added during
+        # app setup, then the signal is frozen at start.
+        self.on_publication: Signal[list[Publication]] = Signal(self)
 
     async def start(self) -> None:
         self.on_publication.freeze()
@@ -103,15 +105,28 @@ class Bus:
     async def stop(self) -> None:
         await self.backend.stop()
 
-    async def deliver(self, publication: Publication) -> None:
-        await self.on_publication.send(publication)
+    async def deliver(self, publications: list[Publication]) -> None:
+        await self.on_publication.send(publications)
 
     async def publish(
         self, channels: Sequence[str], type: str, body: dict[str, Any]
     ) -> Publication:
-        publication = Publication(tuple(dict.fromkeys(channels)), type, body)
-        await self.backend.publish(publication)
+        (publication,) = await self.publish_many([(channels, type, body)])
         return publication
+
+    async def publish_many(
+        self, events: Iterable[tuple[Sequence[str], str, dict[str, Any]]]
+    ) -> list[Publication]:
+        """Several events published in order as one batch (e.g. one per reading of a
+        request): one timestamp, one pass through the backend and one delivery."""
+        stamp = codec.isotime()
+        batch = [
+            Publication(tuple(dict.fromkeys(channels)), kind, body, stamp)
+            for channels, kind, body in events
+        ]
+        if batch:
+            await self.backend.publish(batch)
+        return batch
 
     async def position(self, channel: str) -> Position:
         return await self.backend.position(channel)

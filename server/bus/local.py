@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from server.bus import Position, Publication, Recovery
+from server.bus import Deliver, Position, Publication, Recovery
 
 
 class _ChannelState:
@@ -33,9 +33,9 @@ class LocalBackend:
         self.keeps_history = keeps_history
         # Offsets are kept even when a channel's history expires, so they never repeat.
         self.channels: dict[str, _ChannelState] = {}
-        self._deliver: Callable[[Publication], Awaitable[None]] | None = None
+        self._deliver: Deliver | None = None
 
-    async def start(self, deliver: Callable[[Publication], Awaitable[None]]) -> None:
+    async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
 
     async def stop(self) -> None:
@@ -47,17 +47,19 @@ class LocalBackend:
             state = self.channels[channel] = _ChannelState(self.size)
         return state
 
-    async def publish(self, publication: Publication) -> None:
-        publication.epoch = self.epoch
+    async def publish(self, publications: list[Publication]) -> None:
         now = time.monotonic()
-        for channel in publication.channels:
-            state = self._state(channel)
-            state.offset += 1
-            publication.offsets[channel] = state.offset
-            if self.size and self.keeps_history(channel):
-                state.history.append((now, publication))
+        keeps = self.keeps_history if self.size else None
+        for publication in publications:
+            publication.epoch = self.epoch
+            for channel in publication.channels:
+                state = self._state(channel)
+                state.offset += 1
+                publication.offsets[channel] = state.offset
+                if keeps and keeps(channel):
+                    state.history.append((now, publication))
         if self._deliver is not None:
-            await self._deliver(publication)
+            await self._deliver(publications)
 
     async def position(self, channel: str) -> Position:
         state = self.channels.get(channel)

@@ -54,6 +54,22 @@ def reading_event(
     }
 
 
+# What Bus.publish_many takes: (channels, frame type, body).
+Event = tuple[tuple[str, ...], str, dict[str, Any]]
+
+
+def anomaly_event(event_type: str, anomaly: dict[str, Any], **meta: Any) -> Event:
+    """An anomaly's entity_event, for `anomalies` and its sensor's channel."""
+    body = {
+        "entity_type": "anomaly",
+        "event_type": event_type,
+        "entity_id": anomaly["id"],
+        "data": anomaly,
+        "metadata": {"action": event_type, **meta},
+    }
+    return ("anomalies", f"sensors:{anomaly['sensor_id']}"), "entity_event", body
+
+
 def parse_time(value: Any) -> datetime:
     """ISO 8601 with an offset (or Z), or epoch seconds; ValueError says what is wrong."""
     if isinstance(value, str):
@@ -162,18 +178,22 @@ class ReadingService:
         return {"accepted": len(readings)}
 
     async def _publish(self, readings: list[Reading], raised: list[tuple[int, Row]]) -> None:
-        """Each reading, then the anomalies it raised; one publication each."""
+        """Each reading, then the anomalies it raised; one publication each, one batch."""
         pending = iter(raised)
         upcoming = next(pending, None)
+        events: list[Event] = []
         for index, (sensor_id, ts, values) in enumerate(readings):
-            await self.bus.publish(
-                ("readings", f"readings:{sensor_id}", f"sensors:{sensor_id}"),
-                "entity_event",
-                reading_event(sensor_id, ts, values),
+            events.append(
+                (
+                    ("readings", f"readings:{sensor_id}", f"sensors:{sensor_id}"),
+                    "entity_event",
+                    reading_event(sensor_id, ts, values),
+                )
             )
             while upcoming is not None and upcoming[0] == index:
-                await self.anomalies.publish("anomaly_detected", anomaly_object(upcoming[1]))
+                events.append(anomaly_event("anomaly_detected", anomaly_object(upcoming[1])))
                 upcoming = next(pending, None)
+        await self.bus.publish_many(events)
 
     async def query(self, args: dict[str, Any]) -> dict[str, Any]:
         limit = args["limit"]
@@ -274,17 +294,7 @@ class AnomalyService:
         self.bus = bus
 
     async def publish(self, event_type: str, anomaly: dict[str, Any], **meta: Any) -> None:
-        await self.bus.publish(
-            ("anomalies", f"sensors:{anomaly['sensor_id']}"),
-            "entity_event",
-            {
-                "entity_type": "anomaly",
-                "event_type": event_type,
-                "entity_id": anomaly["id"],
-                "data": anomaly,
-                "metadata": {"action": event_type, **meta},
-            },
-        )
+        await self.bus.publish(*anomaly_event(event_type, anomaly, **meta))
 
     async def list(self, args: dict[str, Any]) -> dict[str, Any]:
         """Newest first."""

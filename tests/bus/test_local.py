@@ -15,8 +15,8 @@ async def started(backend: LocalBackend) -> tuple[Bus, list[Publication]]:
     bus = Bus(backend)
     got: list[Publication] = []
 
-    async def receive(pub: Publication) -> None:
-        got.append(pub)
+    async def receive(batch: list[Publication]) -> None:
+        got.extend(batch)
 
     bus.on_publication.append(receive)
     await bus.start()
@@ -142,3 +142,23 @@ async def test_single_channel_payload_has_no_offsets_map_and_empty_body_is_valid
         "epoch": bus.backend.epoch,
         "timestamp": pub.timestamp,
     }
+
+
+async def test_publish_many_is_one_ordered_batch_with_one_timestamp():
+    backend = LocalBackend(10, 0)
+    bus = Bus(backend)
+    batches: list[list[Publication]] = []
+
+    async def receive(batch: list[Publication]) -> None:
+        batches.append(batch)
+
+    bus.on_publication.append(receive)
+    await bus.start()
+    pubs = await bus.publish_many(
+        [(["a"], "event", {"data": 1}), (["a", "b"], "event", {"data": 2}), (["b"], "event", {})]
+    )
+    assert batches == [pubs]
+    assert [p.offsets for p in pubs] == [{"a": 1}, {"a": 2, "b": 1}, {"b": 2}]
+    assert len({p.timestamp for p in pubs}) == 1
+    assert await bus.publish_many([]) == []
+    assert len(batches) == 1

@@ -35,8 +35,8 @@ class Service:
         self.readings = ReadingService(db, self.bus)
         self.storage = db
 
-    async def _record(self, pub: Publication) -> None:
-        self.published.append(pub)
+    async def _record(self, batch: list[Publication]) -> None:
+        self.published.extend(batch)
 
     async def sensor(self, thresholds: dict[str, Any] | None = None) -> int:
         sql = "INSERT INTO sensors (type, thresholds) VALUES (?, ?) RETURNING id"

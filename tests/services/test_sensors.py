@@ -23,8 +23,8 @@ class Recorder:
     def __init__(self) -> None:
         self.publications: list[Publication] = []
 
-    async def __call__(self, publication: Publication) -> None:
-        self.publications.append(publication)
+    async def __call__(self, batch: list[Publication]) -> None:
+        self.publications.extend(batch)
 
 
 @pytest.fixture
