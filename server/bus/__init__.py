@@ -32,13 +32,15 @@ class Publication:
     epoch: str = ""
     offsets: dict[str, int] = field(default_factory=dict)
     # channel -> JSON payload naming that channel; filled lazily by payload().
-    _payloads: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # Made on first use: most publications reach no subscriber at all.
+    _payloads: dict[str, bytes] | None = field(default=None, repr=False)
     _body: bytes | None = field(default=None, repr=False)
 
     def payload(self, channel: str) -> bytes:
         """The frame's JSON bytes with `channel`/`offset` naming `channel`; cached."""
-        cached = self._payloads.get(channel)
-        if cached is not None:
+        if self._payloads is None:
+            self._payloads = {}
+        elif (cached := self._payloads.get(channel)) is not None:
             return cached
         if self._body is None:
             encoded = codec.dumps(self.body)

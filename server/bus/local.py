@@ -15,8 +15,10 @@ class _ChannelState:
 
     def __init__(self, size: int) -> None:
         self.offset = 0
-        # (monotonic time, publication); bounded by history.size.
-        self.history: deque[tuple[float, Publication]] = deque(maxlen=size)
+        # (monotonic time, publication), bounded by history.size; None: no history kept.
+        self.history: deque[tuple[float, Publication]] | None = (
+            deque(maxlen=size) if size else None
+        )
 
 
 class LocalBackend:
@@ -44,19 +46,21 @@ class LocalBackend:
     def _state(self, channel: str) -> _ChannelState:
         state = self.channels.get(channel)
         if state is None:
-            state = self.channels[channel] = _ChannelState(self.size)
+            # Whether a channel keeps history is decided once, when it is first seen.
+            size = self.size if self.keeps_history(channel) else 0
+            state = self.channels[channel] = _ChannelState(size)
         return state
 
     async def publish(self, publications: list[Publication]) -> None:
         now = time.monotonic()
-        keeps = self.keeps_history if self.size else None
         for publication in publications:
             publication.epoch = self.epoch
+            offsets = publication.offsets
             for channel in publication.channels:
                 state = self._state(channel)
                 state.offset += 1
-                publication.offsets[channel] = state.offset
-                if keeps and keeps(channel):
+                offsets[channel] = state.offset
+                if state.history is not None:
                     state.history.append((now, publication))
         if self._deliver is not None:
             await self._deliver(publications)
@@ -74,6 +78,8 @@ class LocalBackend:
         if since.offset == top:
             return Recovery([], True, position)
         assert state is not None
+        if state.history is None:
+            return Recovery([], False, position)
         oldest_alive = time.monotonic() - self.ttl
         missed = [
             pub
