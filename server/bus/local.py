@@ -16,9 +16,7 @@ class _ChannelState:
     def __init__(self, size: int) -> None:
         self.offset = 0
         # (monotonic time, publication), bounded by history.size; None: no history kept.
-        self.history: deque[tuple[float, Publication]] | None = (
-            deque(maxlen=size) if size else None
-        )
+        self.history: deque[tuple[float, Publication]] | None = deque(maxlen=size) if size else None
 
 
 class LocalBackend:
