@@ -51,11 +51,12 @@ class LocalBackend:
 
     async def publish(self, publications: list[Publication]) -> None:
         now = time.monotonic()
+        channels = self.channels
         for publication in publications:
             publication.epoch = self.epoch
             offsets = publication.offsets
             for channel in publication.channels:
-                state = self._state(channel)
+                state = channels.get(channel) or self._state(channel)
                 state.offset += 1
                 offsets[channel] = state.offset
                 if state.history is not None:

@@ -21,7 +21,7 @@ from server.storage import (
     check_identifier,
     copy_columns,
 )
-from server.storage.sqlite_values import sql_params
+from server.storage.sqlite_values import sql_params, sql_rows
 
 __all__ = ["SQLiteQueries", "SQLiteTx", "split_script"]
 
@@ -88,7 +88,7 @@ class SQLiteQueries:
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         # Materialised here so a generator is not consumed on the worker thread.
-        batch = [sql_params(row) for row in rows]
+        batch = sql_rows(rows)
         try:
             await (await self._db.executemany(sql, batch)).close()
         except (sqlite3.Error, OverflowError) as exc:
@@ -100,7 +100,7 @@ class SQLiteQueries:
         names = ", ".join(f'"{c}"' for c in copy_columns(columns))
         marks = ", ".join("?" * len(columns))
         sql = f'INSERT INTO "{check_identifier(table)}" ({names}) VALUES ({marks})'
-        batch = [sql_params(row) for row in rows]
+        batch = sql_rows(rows)
         try:
             await (await self._db.executemany(sql, batch)).close()
         except (sqlite3.Error, OverflowError) as exc:

@@ -14,14 +14,14 @@ columns as TIMESTAMPTZ, JSON and BOOLEAN, and values are converted here:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from server import codec
 from server.storage import Row, check_aware
 
-__all__ = ["dict_row", "format_timestamp", "parse_timestamp", "sql_params"]
+__all__ = ["dict_row", "format_timestamp", "parse_timestamp", "sql_params", "sql_rows"]
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -53,9 +53,15 @@ sqlite3.register_converter("JSON", codec.loads)
 sqlite3.register_converter("BOOLEAN", _parse_bool)
 
 
+# Values sqlite3 binds as they are: the common case, checked first.
+_PLAIN = frozenset({int, float, str, bytes, type(None)})
+
+
 def _adapt(value: Any) -> Any:
     # Per call rather than sqlite3.register_adapter: that table is process-wide too, and
     # its datetime entry is Python's own (deprecated) one.
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, datetime):
         return format_timestamp(value)
     if isinstance(value, dict | list):
@@ -65,6 +71,27 @@ def _adapt(value: Any) -> Any:
 
 def sql_params(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple([_adapt(value) for value in args])
+
+
+def sql_rows(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """sql_params for a batch; a timestamp shared by several rows (the metrics of one
+    reading) is formatted once."""
+    stamps: dict[datetime, str] = {}
+    out = []
+    for row in rows:
+        values = []
+        for value in row:
+            if type(value) in _PLAIN:
+                values.append(value)
+            elif isinstance(value, datetime):
+                text = stamps.get(value)
+                if text is None:
+                    text = stamps[value] = format_timestamp(value)
+                values.append(text)
+            else:
+                values.append(_adapt(value))
+        out.append(tuple(values))
+    return out
 
 
 def dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
