@@ -125,7 +125,10 @@ class Hub:
         position = recovery.position
         recovered = recovery.recovered if since is not None else None
         conn.send(self._subscribed(channel, position, recovered, reply))
-        last = since.offset if since is not None and recovered else position.offset
+        # Where this connection's stream on the channel starts: after `since` when the gap
+        # was recovered, else at the current position.
+        start = since.offset if since is not None and recovered else position.offset
+        last = start
         for pub in recovery.publications:
             if not self._delivered_elsewhere(conn, pub, channel):
                 conn.send(pub.payload(channel))
@@ -133,7 +136,7 @@ class Hub:
         if state is not None:
             for frame in state.frames:
                 conn.send(frame)
-        conn.subscriptions[channel] = (since.offset if recovered and since else position.offset) + 1
+        conn.subscriptions[channel] = start + 1
         for pub in held:
             if pub.offsets[channel] > last and not (state is not None and state.covers(pub)):
                 conn.send(pub.payload(channel))

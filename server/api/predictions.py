@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from server.api.operations import Ctx, operation
-from server.api.readings import SensorIn, sensor_id_field
+from server.api.readings import SensorIn, id_field
 
 PREDICT_ROLES = ("service",)  # and admin, who always may
 MAX_HORIZON = 1000
@@ -25,7 +25,7 @@ class PredictionIn(SensorIn):
 
 
 class PredictionQuery(Schema):
-    sensor_id = sensor_id_field(load_default=None)
+    sensor_id = id_field(load_default=None)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
     cursor = fields.String(load_default=None)
 

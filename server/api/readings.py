@@ -20,6 +20,7 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
 from server import codec
 from server.api.operations import Ctx, operation
+from server.api.sensors import MAX_ID
 from server.auth import WRITE_ROLES
 from server.errors import TooLarge, ValidationFailed
 from server.services.readings import MAX_ERRORS, Reading, parse_time
@@ -62,7 +63,7 @@ def _parse_one(item: Any, now: datetime) -> Reading | dict[str, Any]:
         return {"_schema": ["A reading is a JSON object."]}
     errors: dict[str, Any] = {}
     sensor_id = item.get("sensor_id")
-    if type(sensor_id) is not int or not 0 < sensor_id < 2**63:
+    if type(sensor_id) is not int or not 0 < sensor_id <= MAX_ID:
         errors["sensor_id"] = ["Missing." if sensor_id is None else "Not a sensor id."]
     stamp = item.get("timestamp")
     ts = now
@@ -136,8 +137,8 @@ class Bucket(fields.Field):
             raise ValidationError(str(exc)) from None
 
 
-def sensor_id_field(**kw: Any) -> fields.Integer:
-    return fields.Integer(validate=validate.Range(min=1, max=2**63 - 1), **kw)
+def id_field(**kw: Any) -> fields.Integer:
+    return fields.Integer(validate=validate.Range(min=1, max=MAX_ID), **kw)
 
 
 class ReadingsIn(Schema):
@@ -155,14 +156,14 @@ class Page(Schema):
 
 
 class ReadingQuery(Page):
-    sensor_id = sensor_id_field(load_default=None)
+    sensor_id = id_field(load_default=None)
     metric = fields.String(load_default=None)
     start = Moment(data_key="from", load_default=None)
     end = Moment(data_key="to", load_default=None)
 
 
 class SensorIn(Schema):
-    sensor_id = sensor_id_field(required=True)
+    sensor_id = id_field(required=True)
 
     @pre_load
     def id_alias(self, data: Any, **kwargs: Any) -> Any:
@@ -181,12 +182,12 @@ class AggregateIn(SensorIn):
 
 
 class AnomalyQuery(Page):
-    sensor_id = sensor_id_field(load_default=None)
+    sensor_id = id_field(load_default=None)
     resolved = fields.Boolean(load_default=None)
 
 
 class AnomalyIn(Schema):
-    id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**63 - 1))
+    id = id_field(required=True)
 
 
 @operation(

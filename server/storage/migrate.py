@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from server import codec
 from server.storage import DIALECTS, Storage, StorageError, Tx
 
 __all__ = [
@@ -184,7 +184,7 @@ async def _apply_one(tx: Tx, migration: Migration, sql: str) -> bool:
         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
         migration.version,
         migration.name,
-        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        codec.isotime(),
     )
     return True
 
