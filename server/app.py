@@ -24,7 +24,7 @@ from server.services import create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
 from server.storage.readings import delete_readings_before
-from server.ws.commands import Dispatcher
+from server.ws import chat, commands
 from server.ws.endpoint import close_all
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,15 @@ def create_app(config: Config) -> web.Application:
     bus = app[BUS] = Bus(
         LocalBackend(config.history.size, config.history.ttl, policy.history_enabled)
     )
-    hub = app[HUB] = Hub(bus)
+    hub = app[HUB] = Hub(bus, policy.presence_enabled)
     setup_routes(app)
-    app[DISPATCHER] = Dispatcher(
-        hub, policy, config, app[OPERATIONS], services=lambda: app[SERVICES]
+    app[DISPATCHER] = commands.Dispatcher(
+        hub,
+        policy,
+        config,
+        app[OPERATIONS],
+        services=lambda: app[SERVICES],
+        commands=(*commands.COMMANDS, *chat.COMMANDS),
     )
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)
@@ -66,8 +71,9 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
-        app[SERVICES] = create_services(storage, app[BUS])
+        services = app[SERVICES] = create_services(storage, app[BUS], config, app[HUB])
         yield
+        services.chat.close()
     finally:
         await storage.close()
 

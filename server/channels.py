@@ -61,6 +61,9 @@ class ChannelPolicy:
     def history_enabled(self, channel: str) -> bool:
         return self.config.rule(namespace(channel)).history
 
+    def presence_enabled(self, channel: str) -> bool:
+        return self.config.rule(namespace(channel)).presence
+
     def can_subscribe(self, principal: Principal, channel: str) -> bool:
         if principal.channels is not None and not any(
             fnmatchcase(channel, pattern) for pattern in principal.channels

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,17 +105,52 @@ class NamespaceRule:
     subscribe: list[str] = setting([ANONYMOUS, *ROLES])
     publish: list[str] = setting([])
     history: bool = True
+    # Who is on the channel: `subscribed.presence`, `user_joined` / `user_left`.
+    presence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelsConfig:
-    namespaces: dict[str, NamespaceRule] = setting({})
+    namespaces: dict[str, NamespaceRule] = field(
+        default_factory=lambda: {"chat": NamespaceRule(presence=True)}
+    )
 
     def rule(self, namespace: str) -> NamespaceRule:
         return self.namespaces.get(namespace) or self.namespaces.get("default") or _OPEN
 
 
 _OPEN = NamespaceRule()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    max_message_length: int = setting(4000, validate.Range(min=1, max=60_000))
+    # Messages a socket gets right after `subscribed` on a chat room (0 = none).
+    history_on_join: int = setting(50, validate.Range(min=0, max=1000))
+    # Seconds after which a `typing` nobody renewed ends by itself.
+    typing_timeout: float = setting(5.0, validate.Range(min=0.1, max=300))
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRoute:
+    # An fnmatch glob on the notification's event name.
+    event: str = "*"
+    # A payload key the rule needs; `{key}` placeholders in `channel` need theirs too.
+    key: str = ""
+    channel: str = setting("", validate.Length(min=1))
+
+
+DEFAULT_ROUTES = (
+    NotificationRoute(event="user.*", key="user_id", channel="user:{user_id}"),
+    NotificationRoute(event="*", key="room", channel="chat:{room}"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsConfig:
+    # Ordered: the first rule that matches names the channel; none matches -> default_channel.
+    routes: list[NotificationRoute] = field(default_factory=lambda: list(DEFAULT_ROUTES))
+    default_channel: str = "general"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +174,8 @@ class Config:
     ws: WsConfig = field(default_factory=WsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Directory of the config file: relative paths (SQLite file, var/) resolve against it.
@@ -294,6 +332,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 
 def _check_cross_field(config: Config) -> None:
+    _check_routes(config.notifications)
     for ns, rule in config.channels.namespaces.items():
         for action in ("subscribe", "publish"):
             for role in getattr(rule, action):
@@ -313,3 +352,25 @@ def _check_cross_field(config: Config) -> None:
         raise ConfigError(
             f"auth.jwt_public_key: required with jwt_algorithm {config.auth.jwt_algorithm}"
         )
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def _check_routes(notifications: NotificationsConfig) -> None:
+    """Every route's channel, with its placeholders filled, must be a valid channel name."""
+    # Imported here: channels.py reads its own section's type from this module.
+    from server.channels import check_channel
+    from server.errors import BadRequest
+
+    where = "notifications.default_channel"
+    try:
+        check_channel(notifications.default_channel)
+        for i, route in enumerate(notifications.routes):
+            where = f"notifications.routes.{i}.channel"
+            names = _PLACEHOLDER.findall(route.channel)
+            if not all(name.isidentifier() for name in names):
+                raise BadRequest("placeholders are {payload_key}")
+            check_channel(_PLACEHOLDER.sub("x", route.channel))
+    except BadRequest as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None

@@ -32,6 +32,18 @@ class Snapshot:
 
 
 @dataclass(slots=True)
+class Member:
+    """One user on a presence channel, however many sockets (tabs) they have there."""
+
+    user_id: str
+    username: str
+    sockets: int = 0
+
+    def public(self) -> dict[str, str]:
+        return {"user_id": self.user_id, "username": self.username}
+
+
+@dataclass(slots=True)
 class HubStats:
     connections_total: int = 0
     messages_in: int = 0
@@ -42,9 +54,12 @@ class HubStats:
 
 
 class Hub:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, presence_on: Callable[[str], bool] = lambda _: False) -> None:
         self.bus = bus
+        self.presence_on = presence_on
         self.channels: dict[str, set[Connection]] = {}
+        # channel -> member id -> Member, for channels whose namespace has presence on.
+        self.presence: dict[str, dict[str, Member]] = {}
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
         self.stats = HubStats()
@@ -59,16 +74,26 @@ class Hub:
         self.per_ip[conn.ip] += 1
         self.stats.connections_total += 1
 
-    def remove(self, conn: Connection) -> None:
-        """Forget a socket: its subscriptions and, if still registered as such, its client_id."""
+    async def remove(self, conn: Connection) -> None:
+        """Forget a socket: its subscriptions and, if still registered as such, its client_id;
+        then tell each presence channel its user left if this was their last socket there.
+
+        Everything before the first await happens at once, even if the caller is cancelled.
+        """
+        gone: list[tuple[str, Member]] = []
         for channel in conn.subscriptions:
             self._discard(channel, conn)
+            member = self._leave(conn, channel)
+            if member is not None:
+                gone.append((channel, member))
         conn.subscriptions.clear()
         if self.clients.get(conn.client_id) is conn:
             del self.clients[conn.client_id]
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
+        for channel, member in gone:
+            await self._announce(channel, "user_left", member)
 
     def on_drop(self, conn: Connection, reason: str) -> None:
         """A socket closed for policy; the endpoint's cleanup removes it from the hub."""
@@ -103,7 +128,10 @@ class Hub:
         if since is None and snapshot is None:
             position = await self.bus.position(channel)
             conn.subscriptions[channel] = position.offset + 1
+            joined = self._join(conn, channel)
             conn.send(self._subscribed(channel, position, None, reply))
+            if joined is not None:
+                await self._announce(channel, "user_joined", joined)
             return
         held: list[Publication] = []
         if conn.recovering is None:
@@ -124,6 +152,7 @@ class Hub:
                 conn.recovering = None
         position = recovery.position
         recovered = recovery.recovered if since is not None else None
+        joined = self._join(conn, channel)
         conn.send(self._subscribed(channel, position, recovered, reply))
         # Where this connection's stream on the channel starts: after `since` when the gap
         # was recovered, else at the current position.
@@ -140,6 +169,8 @@ class Hub:
         for pub in held:
             if pub.offsets[channel] > last and not (state is not None and state.covers(pub)):
                 conn.send(pub.payload(channel))
+        if joined is not None:
+            await self._announce(channel, "user_joined", joined)
 
     @staticmethod
     def _delivered_elsewhere(conn: Connection, pub: Publication, channel: str) -> bool:
@@ -149,21 +180,64 @@ class Hub:
                 return True
         return False
 
-    @staticmethod
     def _subscribed(
-        channel: str, position: Position, recovered: bool | None, reply: dict[str, Any] | None
+        self,
+        channel: str,
+        position: Position,
+        recovered: bool | None,
+        reply: dict[str, Any] | None,
     ) -> bytes:
         fields: dict[str, Any] = dict(reply or {})
         fields.update(channel=channel, offset=position.offset, epoch=position.epoch)
         if recovered is not None:
             fields["recovered"] = recovered
+        if channel in self.presence:
+            fields["presence"] = [m.public() for m in self.presence[channel].values()]
         return frames.encode("subscribed", **fields)
 
-    def unsubscribe(self, conn: Connection, channel: str) -> bool:
+    async def unsubscribe(self, conn: Connection, channel: str) -> bool:
         if conn.subscriptions.pop(channel, None) is None:
             return False
         self._discard(channel, conn)
+        member = self._leave(conn, channel)
+        if member is not None:
+            await self._announce(channel, "user_left", member)
         return True
+
+    # -- presence ----------------------------------------------------------------------
+
+    def _join(self, conn: Connection, channel: str) -> Member | None:
+        """Count the socket on a presence channel; the Member when it is its user's first."""
+        if not self.presence_on(channel):
+            return None
+        members = self.presence.setdefault(channel, {})
+        member = members.get(conn.member_id)
+        if member is None:
+            member = members[conn.member_id] = Member(conn.member_id, conn.member_name)
+        member.sockets += 1
+        return member if member.sockets == 1 else None
+
+    def _leave(self, conn: Connection, channel: str) -> Member | None:
+        """Uncount the socket; the Member when that was its user's last socket there."""
+        members = self.presence.get(channel)
+        member = members.get(conn.member_id) if members else None
+        if members is None or member is None:
+            return None
+        member.sockets -= 1
+        if member.sockets > 0:
+            return None
+        del members[conn.member_id]
+        if not members:
+            del self.presence[channel]
+        return member
+
+    async def _announce(self, channel: str, kind: str, member: Member) -> None:
+        await self.bus.publish_ephemeral(
+            channel, kind, {"data": member.public()}, exclude=member.user_id
+        )
+
+    def members(self, channel: str) -> list[Member]:
+        return list(self.presence.get(channel, {}).values())
 
     # -- fan-out -----------------------------------------------------------------------
 
@@ -178,6 +252,7 @@ class Hub:
             return
         # Only a socket on two of the reached channels could be counted twice.
         seen: set[Connection] | None = set() if len(reached) > 1 else None
+        exclude = pub.exclude
         sent = 0
         for channel, subs in reached:
             payload = pub.payload(channel)
@@ -188,9 +263,13 @@ class Hub:
                     if conn in seen:
                         continue
                     seen.add(conn)
+                if exclude is not None and conn.member_id == exclude:
+                    continue
                 recovering = conn.recovering
                 if recovering is not None and channel in recovering:
-                    recovering[channel].append(pub)
+                    # Presence and typing have no place in the stream being recovered.
+                    if not pub.ephemeral:
+                        recovering[channel].append(pub)
                     continue
                 try:
                     if conn.write(wire, payload):

@@ -50,6 +50,8 @@ class Operation:
     body_key: str | None
     # Arguments come in the query string even on POST (seed-compatible endpoints).
     query_args: bool
+    # A REST body that is not valid JSON is taken as text (under body_key), not refused.
+    text_body: bool
     summary: str
 
     @property
@@ -90,6 +92,7 @@ def operation(
     roles: tuple[str, ...] | None = None,
     body_key: str | None = None,
     query_args: bool = False,
+    text_body: bool = False,
 ) -> Callable[[Handler], Handler]:
     def decorate(fn: Handler) -> Handler:
         fn.operation = Operation(  # type: ignore[attr-defined]
@@ -103,6 +106,7 @@ def operation(
             roles,
             body_key,
             query_args,
+            text_body,
             (fn.__doc__ or "").strip().split("\n")[0],
         )
         return fn

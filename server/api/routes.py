@@ -8,12 +8,12 @@ import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import predictions, readings, sensors, system
+from server.api import chat, notifications, predictions, readings, sensors, system
 from server.api.middleware import json_errors, request_principal
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
-from server.errors import InvalidJson, ValidationFailed
+from server.errors import BadRequest, InvalidJson, ValidationFailed
 from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
 from server.ws import endpoint
 
@@ -22,19 +22,27 @@ OPERATION_FUNCTIONS = (
     *sensors.OPERATIONS,
     *readings.OPERATIONS,
     *predictions.OPERATIONS,
+    *chat.OPERATIONS,
+    *notifications.OPERATIONS,
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def read_json(request: web.Request) -> Any:
-    """The body as JSON; an empty body is an empty object."""
+async def read_json(request: web.Request, text_body: bool = False) -> Any:
+    """The body as JSON; an empty body is an empty object. With text_body, a body that is
+    not JSON (whatever its Content-Type) is returned as text."""
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
         return codec.loads(raw)
     except codec.JSONDecodeError as exc:
-        raise InvalidJson(f"body is not valid JSON: {exc}") from None
+        if not text_body:
+            raise InvalidJson(f"body is not valid JSON: {exc}") from None
+    try:
+        return raw.decode(request.charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        raise BadRequest("the body is neither JSON nor text in its charset") from None
 
 
 def rest_handler(op: Operation) -> Any:
@@ -46,7 +54,7 @@ def rest_handler(op: Operation) -> Any:
         raw: dict[str, Any] = dict(request.query)
         raw.pop("token", None)
         if op.method in _BODY_METHODS:
-            body = await read_json(request)
+            body = await read_json(request, op.text_body)
             if op.body_key is not None:
                 raw[op.body_key] = body
             elif isinstance(body, dict):
@@ -98,3 +106,5 @@ def setup_routes(app: web.Application) -> None:
     # WebSocket routes: Origin is checked by the endpoint itself, before the upgrade.
     router.add_get("/api/v1/ws", endpoint.websocket)
     router.add_get("/api/v1/ws/secure", endpoint.websocket_secure)
+    # The chat shortcut: joins chat:{room}.
+    router.add_get("/ws/{room}", endpoint.websocket)

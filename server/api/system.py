@@ -14,6 +14,7 @@ from server.api.respond import json_response
 from server.auth import WRITE_ROLES
 from server.channels import validate_channel
 from server.keys import CONFIG, HUB, SERVICES
+from server.services.chat import room_of
 from server.storage import StorageError
 
 
@@ -50,6 +51,13 @@ async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
         "publications": s.publications,
         "dropped_slow_consumers": s.dropped_slow_consumers,
         "closed_by_policy": s.closed_by_policy,
+        "rooms": {
+            room: {"users": len(members), "connections": sum(m.sockets for m in members.values())}
+            for channel, members in sorted(hub.presence.items())
+            if (room := room_of(channel)) is not None
+        },
+        "chat_messages": ctx.services.chat.messages_stored,
+        "notifications_sent": ctx.services.notifications.sent,
         "uptime": round(time.monotonic() - ctx.hub.started_at, 3),
     }
 

@@ -31,6 +31,10 @@ class Publication:
     timestamp: str = field(default_factory=codec.isotime)
     epoch: str = ""
     offsets: dict[str, int] = field(default_factory=dict)
+    # Presence and typing: for whoever is subscribed now; no offset, no history, no recovery.
+    ephemeral: bool = False
+    # A member id (Connection.member_id) whose sockets do not get it: the typist, the joiner.
+    exclude: str | None = None
     # channel -> JSON payload naming that channel; filled lazily by payload().
     # Made on first use: most publications reach no subscriber at all.
     _payloads: dict[str, bytes] | None = field(default=None, repr=False)
@@ -48,13 +52,20 @@ class Publication:
             if len(self.channels) > 1:
                 self._body += b"," if self._body else b""
                 self._body += b'"offsets":' + codec.dumps(self.offsets)
-        head = b'{"type":%s,"channel":%s,"offset":%d,"epoch":%s,"timestamp":"%s"' % (
-            codec.dumps(self.type),
-            codec.dumps(channel),
-            self.offsets[channel],
-            codec.dumps(self.epoch),
-            self.timestamp.encode(),
-        )
+        if self.ephemeral:
+            head = b'{"type":%s,"channel":%s,"timestamp":"%s"' % (
+                codec.dumps(self.type),
+                codec.dumps(channel),
+                self.timestamp.encode(),
+            )
+        else:
+            head = b'{"type":%s,"channel":%s,"offset":%d,"epoch":%s,"timestamp":"%s"' % (
+                codec.dumps(self.type),
+                codec.dumps(channel),
+                self.offsets[channel],
+                codec.dumps(self.epoch),
+                self.timestamp.encode(),
+            )
         data = head + (b"," + self._body if self._body else b"") + b"}"
         self._payloads[channel] = data
         return data
@@ -129,6 +140,13 @@ class Bus:
         if batch:
             await self.backend.publish(batch)
         return batch
+
+    async def publish_ephemeral(
+        self, channel: str, type: str, body: dict[str, Any], exclude: str | None = None
+    ) -> None:
+        """Presence and typing: to the channel's current subscribers (except `exclude`'s
+        sockets), without an offset or a place in history."""
+        await self.deliver([Publication((channel,), type, body, ephemeral=True, exclude=exclude)])
 
     async def position(self, channel: str) -> Position:
         return await self.backend.position(channel)

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.bus import Bus
+from server.config import Config
+from server.hub import Hub
+from server.services.chat import ChatService
 from server.services.events import EventService
+from server.services.notifications import NotificationService
 from server.services.predictions import PredictionService
 from server.services.readings import ReadingService
 from server.services.sensors import SensorsService
@@ -15,16 +19,20 @@ from server.storage import Storage
 @dataclass(frozen=True, slots=True)
 class Services:
     storage: Storage
+    chat: ChatService
     events: EventService
+    notifications: NotificationService
     predictions: PredictionService
     readings: ReadingService
     sensors: SensorsService
 
 
-def create_services(storage: Storage, bus: Bus) -> Services:
+def create_services(storage: Storage, bus: Bus, config: Config, hub: Hub) -> Services:
     return Services(
         storage=storage,
+        chat=ChatService(storage, bus, config.chat, hub.presence),
         events=EventService(bus),
+        notifications=NotificationService(storage, bus, config.notifications),
         predictions=PredictionService(storage, bus),
         readings=ReadingService(storage, bus),
         sensors=SensorsService(storage, bus),

@@ -15,7 +15,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from server import codec
 from server.api.operations import Ctx, Operation
-from server.bus import Position
+from server.bus import Position, Publication
 from server.channels import ChannelPolicy, validate_channel
 from server.errors import (
     ApiError,
@@ -27,6 +27,7 @@ from server.errors import (
     ValidationFailed,
 )
 from server.hub import Snapshot
+from server.services.chat import room_of
 from server.ws import frames
 
 if TYPE_CHECKING:
@@ -130,22 +131,21 @@ async def subscribe(session: Session, frame: dict[str, Any]) -> None:
     since = frame["since"]
     position = Position(since["offset"], since["epoch"]) if since else None
     reply = {"id": frame["id"]} if frame["id"] is not None else None
-    snapshot = _snapshot_loader(session, channel) if frame["snapshot"] else None
-    await session.dispatcher.hub.subscribe(conn, channel, position, reply, snapshot)
+    await session.dispatcher.join(conn, channel, position, reply, frame["snapshot"])
 
 
 # Channels whose state a subscriber may ask for first: the latest reading per metric.
 SNAPSHOT_NAMESPACES = frozenset({"readings", "sensors"})
 
 
-def _snapshot_loader(session: Session, channel: str) -> Callable[[], Awaitable[Snapshot]]:
+def _readings_snapshot(services: Services, channel: str) -> Callable[[], Awaitable[Snapshot]]:
     ns, _, ident = channel.partition(":")
     if ns not in SNAPSHOT_NAMESPACES or not ident.isdigit():
         raise BadRequest("snapshot is offered on readings:{sensor_id} and sensors:{id} channels")
     sensor_id = int(ident)
 
     async def load() -> Snapshot:
-        events, covers = await session.dispatcher.services().readings.snapshot(sensor_id)
+        events, covers = await services.readings.snapshot(sensor_id)
         return Snapshot(
             [frames.encode("entity_event", channel=channel, **body) for body in events],
             lambda pub: covers(pub.type, pub.body),
@@ -154,10 +154,27 @@ def _snapshot_loader(session: Session, channel: str) -> Callable[[], Awaitable[S
     return load
 
 
+def _chat_history(services: Services, channel: str, room: str) -> Callable[[], Awaitable[Snapshot]]:
+    async def load() -> Snapshot:
+        messages = await services.chat.recent(room)
+        top = messages[-1]["id"] if messages else 0
+
+        def covers(pub: Publication) -> bool:
+            data = pub.body.get("data") if pub.type == "message" else None
+            return isinstance(data, dict) and isinstance(data.get("id"), int) and data["id"] <= top
+
+        history = [
+            frames.encode("message", channel=channel, data=m, history=True) for m in messages
+        ]
+        return Snapshot(history, covers)
+
+    return load
+
+
 @command("unsubscribe", ChannelFrame)
 async def unsubscribe(session: Session, frame: dict[str, Any]) -> None:
     # Idempotent, as in Centrifugo: unsubscribing from a channel one is not on is no error.
-    session.dispatcher.hub.unsubscribe(session.conn, frame["channel"])
+    await session.dispatcher.hub.unsubscribe(session.conn, frame["channel"])
     session.reply("unsubscribed", frame["id"], channel=frame["channel"])
 
 
@@ -202,13 +219,35 @@ class Dispatcher:
         config: Config,
         operations: dict[tuple[str, str], Operation],
         services: Callable[[], Services],
+        commands: tuple[Command, ...] = COMMANDS,
     ) -> None:
         self.hub = hub
         self.policy = policy
         self.config = config
         self.operations = operations
         self.services = services
-        self.commands = {c.type: c for c in COMMANDS}
+        self.commands = {c.type: c for c in commands}
+
+    async def join(
+        self,
+        conn: Connection,
+        channel: str,
+        since: Position | None = None,
+        reply: dict[str, Any] | None = None,
+        snapshot: bool = False,
+    ) -> None:
+        """Subscribe (permission already checked) with what the channel sends first: the
+        readings snapshot when asked for, a chat room's recent history unless recovering."""
+        loader = None
+        if snapshot:
+            loader = _readings_snapshot(self.services(), channel)
+        elif (
+            since is None
+            and self.config.chat.history_on_join
+            and (room := room_of(channel)) is not None
+        ):
+            loader = _chat_history(self.services(), channel, room)
+        await self.hub.subscribe(conn, channel, since, reply, loader)
 
     async def handle(self, conn: Connection, data: str) -> None:
         frame_id: Any = None

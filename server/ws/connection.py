@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from server.config import ANONYMOUS
 from server.ws import frames
 
 if TYPE_CHECKING:
@@ -152,6 +153,19 @@ class Connection:
     @property
     def user(self) -> dict[str, Any]:
         return self.principal.public()
+
+    @property
+    def member_id(self) -> str:
+        """Who this socket is in chat and presence: the token's subject or the anonymous
+        `user_id` label; an anonymous socket with neither is a member of its own."""
+        principal = self.principal
+        if principal.anonymous and principal.sub == ANONYMOUS:
+            return self.client_id
+        return principal.sub
+
+    @property
+    def member_name(self) -> str:
+        return self.principal.name or self.member_id
 
     def buffered(self) -> int:
         size = self._transport.get_write_buffer_size() + self._pending_bytes

@@ -19,6 +19,7 @@ from server.channels import parse_channel_list
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from server.hub import HubStats
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
+from server.services.chat import check_room, room_channel
 from server.ws import frames
 from server.ws.connection import Connection, TokenBucket
 
@@ -54,7 +55,7 @@ async def _serve(request: web.Request, token_required: bool) -> web.StreamRespon
     ws = conn.ws
     try:
         for channel in channels:
-            await hub.subscribe(conn, channel)
+            await dispatcher.join(conn, channel)
         # The read loop lives here, not in a function of its own: one frame less per socket.
         while not conn.closing:
             # receive() rather than `async for`: no __anext__ frame either.
@@ -69,9 +70,11 @@ async def _serve(request: web.Request, token_required: bool) -> web.StreamRespon
             elif msg.type in _ENDS:
                 break
     finally:
-        hub.remove(conn)
-        if conn.closer is not None:
-            await asyncio.shield(conn.closer)
+        try:
+            await hub.remove(conn)
+        finally:
+            if conn.closer is not None:
+                await asyncio.shield(conn.closer)
         log.info(
             "disconnect %s code=%s after %.1fs",
             conn.client_id,
@@ -136,7 +139,13 @@ def _admit(
         raise Refusal(frames.CLOSE_UNAUTHORIZED, "a token is required")
     try:
         principal = app[AUTH].resolve(token, query.get("user_id"), query.get("username"))
-        channels = parse_channel_list(query.getall("channel", [])) or [DEFAULT_CHANNEL]
+        channels = parse_channel_list(query.getall("channel", []))
+        room = request.match_info.get("room")
+        if room is not None:
+            # /ws/{room}: that room first (it is what `connection.channel` names).
+            channel = room_channel(check_room(room))
+            channels = [channel, *(ch for ch in channels if ch != channel)]
+        channels = channels or [DEFAULT_CHANNEL]
     except Unauthorized as exc:
         raise Refusal(frames.CLOSE_UNAUTHORIZED, exc.message) from None
     except BadRequest as exc:

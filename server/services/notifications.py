@@ -1,0 +1,100 @@
+"""Notifications from other services: routed to a channel, stored, then delivered."""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+from typing import Any
+
+from server import codec
+from server.bus import Bus
+from server.channels import check_channel
+from server.config import NotificationsConfig
+from server.errors import BadRequest, ValidationFailed
+from server.services.events import receipt
+from server.services.paging import decode_id_cursor, encode_cursor
+from server.storage import Row, Storage
+from server.storage import notifications as queries
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def notification_object(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "event": row["event"],
+        "channel": row["channel"],
+        "payload": row["payload"],
+        "created_at": codec.isotime(row["created_at"]),
+    }
+
+
+def _scalar(value: Any) -> str | None:
+    """A payload value usable in a channel name: a string or an integer, not a bool."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+class NotificationService:
+    def __init__(self, storage: Storage, bus: Bus, config: NotificationsConfig) -> None:
+        self.storage = storage
+        self.bus = bus
+        self.config = config
+        self.sent = 0
+
+    def route(self, event: str, payload: dict[str, Any]) -> str:
+        """The first rule whose event glob matches and whose payload keys are all present
+        names the channel; none does -> default_channel."""
+        for rule in self.config.routes:
+            if not fnmatchcase(event, rule.event):
+                continue
+            keys = _PLACEHOLDER.findall(rule.channel)
+            if rule.key:
+                keys.append(rule.key)
+            values = {key: _scalar(payload.get(key)) for key in keys}
+            if any(v is None for v in values.values()):
+                continue
+            channel = rule.channel
+            for key, value in values.items():
+                channel = channel.replace("{" + key + "}", value or "")
+            try:
+                return check_channel(channel)
+            except BadRequest as exc:
+                raise ValidationFailed(
+                    details={"payload": [f"routes {event!r} to a bad channel: {exc.message}"]}
+                ) from None
+        return self.config.default_channel
+
+    async def notify(
+        self, event: str, payload: dict[str, Any], channel: str | None = None
+    ) -> dict[str, Any]:
+        """Store, then publish `notification {id, event, payload}`; a user with no socket
+        open finds it in the history later."""
+        target = channel or self.route(event, payload)
+        row = await queries.insert_notification(self.storage, event, target, payload)
+        notification = notification_object(row)
+        body = {"id": notification["id"], "event": event, "payload": payload}
+        pub = await self.bus.publish([target], "notification", body)
+        self.sent += 1
+        return {**receipt(pub), "notification": notification}
+
+    async def history(
+        self, args: dict[str, Any], viewer: str | None, sees_all: bool
+    ) -> dict[str, Any]:
+        """Newest first. Private `user:{id}` notifications are shown to their user only,
+        unless `sees_all` (admin, service)."""
+        limit = args["limit"]
+        rows = await queries.select_notifications(
+            self.storage,
+            channel=args.get("channel"),
+            event=args.get("event"),
+            private_of=viewer,
+            all_private=sees_all,
+            before=decode_id_cursor(args.get("cursor")),
+            limit=limit + 1,
+        )
+        cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+        return {"items": [notification_object(r) for r in rows[:limit]], "next_cursor": cursor}

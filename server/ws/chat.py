@@ -1,0 +1,102 @@
+"""Chat frames: `message`, `typing`, `read` and `join_room`.
+
+A socket speaks in a room it is in (subscribed to `chat:{room}`): the frame's `channel`, or
+else the room it joined last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import fields, validate
+
+from server.channels import validate_channel
+from server.errors import BadRequest, Conflict, Forbidden
+from server.services.chat import ROOM_RE, room_channel, room_of
+from server.ws.commands import Frame, Session, command
+from server.ws.connection import Connection
+
+
+class RoomFrame(Frame):
+    channel = fields.String(load_default=None, validate=validate_channel)
+
+
+class MessageFrame(RoomFrame):
+    content = fields.String(required=True)
+
+
+class TypingFrame(RoomFrame):
+    is_typing = fields.Boolean(required=True, truthy={True}, falsy={False})
+
+
+class ReadFrame(RoomFrame):
+    message_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class JoinRoomFrame(Frame):
+    room = fields.String(
+        required=True,
+        validate=validate.Regexp(ROOM_RE, error="1-123 characters of [A-Za-z0-9_.@-]"),
+    )
+
+
+def current_room(conn: Connection, channel: str | None) -> str:
+    """The room a chat frame is for; BadRequest/Forbidden when the socket is in none."""
+    if channel is not None:
+        room = room_of(channel)
+        if room is None:
+            raise BadRequest(f"{channel} is not a chat room; chat channels are chat:{{room}}")
+        if channel not in conn.subscriptions:
+            raise Forbidden(f"join {channel} first (join_room or subscribe)")
+        return room
+    # Subscriptions keep their order: the last chat channel is the room joined last.
+    for subscribed in reversed(conn.subscriptions):
+        if (room := room_of(subscribed)) is not None:
+            return room
+    raise BadRequest("not in a chat room: send join_room {room} or subscribe chat:{room}")
+
+
+@command("message", MessageFrame)
+async def message(session: Session, frame: dict[str, Any]) -> None:
+    conn = session.conn
+    room = current_room(conn, frame["channel"])
+    chat = session.dispatcher.services().chat
+    stored = await chat.store_message(room, conn.member_id, conn.member_name, frame["content"])
+    # Acknowledged once stored, before the room (the sender included) gets the message.
+    session.reply("message_sent", frame["id"], message_id=stored["id"], data=stored)
+    await chat.announce(stored)
+
+
+@command("typing", TypingFrame)
+async def typing(session: Session, frame: dict[str, Any]) -> None:
+    conn = session.conn
+    room = current_room(conn, frame["channel"])
+    chat = session.dispatcher.services().chat
+    await chat.typing(room, conn.member_id, conn.member_name, frame["is_typing"])
+
+
+@command("read", ReadFrame)
+async def read(session: Session, frame: dict[str, Any]) -> None:
+    conn = session.conn
+    room = current_room(conn, frame["channel"])
+    chat = session.dispatcher.services().chat
+    await chat.mark_read(room, frame["message_id"], conn.member_id, conn.member_name)
+
+
+@command("join_room", JoinRoomFrame)
+async def join_room(session: Session, frame: dict[str, Any]) -> None:
+    """Leave the chat room(s) this socket is in, then join another."""
+    conn, dispatcher = session.conn, session.dispatcher
+    channel = room_channel(frame["room"])
+    if channel in conn.subscriptions:
+        raise Conflict(f"already in {channel}")
+    if not dispatcher.policy.can_subscribe(conn.principal, channel):
+        raise Forbidden(f"not allowed to join {channel}")
+    for current in [ch for ch in conn.subscriptions if room_of(ch) is not None]:
+        await dispatcher.hub.unsubscribe(conn, current)
+        session.reply("unsubscribed", frame["id"], channel=current)
+    reply = {"id": frame["id"]} if frame["id"] is not None else None
+    await dispatcher.join(conn, channel, reply=reply)
+
+
+COMMANDS = (message, typing, read, join_room)
