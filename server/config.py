@@ -102,7 +102,7 @@ class AuthConfig:
 class NamespaceRule:
     # Roles that may subscribe / publish from a client; `anonymous` means sockets without a
     # token. admin may always do both.
-    subscribe: list[str] = setting([ANONYMOUS, *ROLES])
+    subscribe: list[str] = setting([ANONYMOUS, "user", "device", "service", "admin"])
     publish: list[str] = setting([])
     history: bool = True
     # Who is on the channel: `subscribed.presence`, `user_joined` / `user_left`.

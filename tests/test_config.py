@@ -74,8 +74,10 @@ def test_shipped_config_equals_built_in_defaults_except_namespaces(tmp_path: Pat
     shipped = load_config(SHIPPED, environ={})
     empty = load_config(write(tmp_path, ""), environ={})
 
-    for section in ("server", "database", "bus", "history", "ws", "auth", "logging"):
+    sections = ("server", "database", "bus", "history", "ws", "auth", "chat", "notifications")
+    for section in (*sections, "retention", "logging"):
         assert getattr(shipped, section) == getattr(empty, section), section
+    assert shipped.channels.namespaces["chat"] == empty.channels.namespaces["chat"]
 
 
 # -- environment overrides -------------------------------------------------------------------
@@ -372,3 +374,30 @@ def test_without_a_file_base_dir_is_the_working_directory(
 
     assert config.base_dir == Path.cwd()
     assert config.var_dir == Path.cwd() / "var"
+
+
+def test_notification_route_to_an_invalid_channel_is_refused(tmp_path: Path):
+    routes = [{"event": "*", "channel": "user:{user_id}"}, {"event": "x", "channel": "Bad:{id}"}]
+    path = write_data(tmp_path, {"notifications": {"routes": routes}})
+
+    message = config_error(path)
+
+    assert message.startswith("notifications.routes.1.channel: invalid channel name 'Bad:x'")
+
+
+def test_notification_route_placeholder_must_name_a_payload_key(tmp_path: Path):
+    path = write_data(tmp_path, {"notifications": {"routes": [{"channel": "user:{a-b}"}]}})
+
+    assert config_error(path) == "notifications.routes.0.channel: placeholders are {payload_key}"
+
+
+def test_notification_route_needs_a_channel(tmp_path: Path):
+    path = write_data(tmp_path, {"notifications": {"routes": [{"event": "x"}]}})
+
+    assert config_error(path).startswith("notifications.routes.0.channel:")
+
+
+def test_chat_limits_are_checked(tmp_path: Path):
+    path = write_data(tmp_path, {"chat": {"max_message_length": 0}})
+
+    assert config_error(path).startswith("chat.max_message_length:")

@@ -8,7 +8,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from server.api.operations import Ctx, operation
 from server.auth import WRITE_ROLES
-from server.services.chat import ROOM_RE, history_page_before, room_channel
+from server.services.chat import history_page_before, room_channel, validate_room
 
 MAX_ID = 2**63 - 1
 
@@ -16,7 +16,7 @@ MAX_ID = 2**63 - 1
 def room_field() -> fields.String:
     return fields.String(
         required=True,
-        validate=validate.Regexp(ROOM_RE, error="1-123 characters of [A-Za-z0-9_.@-]"),
+        validate=validate_room,
         metadata={"description": "room name; its channel is chat:{room}"},
     )
 

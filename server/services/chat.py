@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from marshmallow import ValidationError
+
 from server import codec
 from server.bus import Bus
 from server.config import ChatConfig
@@ -42,6 +44,14 @@ def check_room(room: str) -> str:
     if not ROOM_RE.fullmatch(room):
         raise BadRequest(f"invalid room name {room!r}: 1-123 characters of [A-Za-z0-9_.@-]")
     return room
+
+
+def validate_room(value: str) -> None:
+    """check_room as a marshmallow validator: the reason is reported under the field."""
+    try:
+        check_room(value)
+    except BadRequest as exc:
+        raise ValidationError(exc.message) from None
 
 
 def message_object(row: Row) -> dict[str, Any]:

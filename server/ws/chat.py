@@ -12,7 +12,7 @@ from marshmallow import fields, validate
 
 from server.channels import validate_channel
 from server.errors import BadRequest, Conflict, Forbidden
-from server.services.chat import ROOM_RE, room_channel, room_of
+from server.services.chat import room_channel, room_of, validate_room
 from server.ws.commands import Frame, Session, command
 from server.ws.connection import Connection
 
@@ -34,10 +34,7 @@ class ReadFrame(RoomFrame):
 
 
 class JoinRoomFrame(Frame):
-    room = fields.String(
-        required=True,
-        validate=validate.Regexp(ROOM_RE, error="1-123 characters of [A-Za-z0-9_.@-]"),
-    )
+    room = fields.String(required=True, validate=validate_room)
 
 
 def current_room(conn: Connection, channel: str | None) -> str:
