@@ -117,18 +117,20 @@ class Hub:
         since: Position | None = None,
         reply: dict[str, Any] | None = None,
         snapshot: Callable[[], Awaitable[Snapshot]] | None = None,
+        counted: bool = False,
     ) -> None:
         """Subscribe and answer `subscribed`; then, with `since`, the missed publications and,
         with `snapshot`, the current state; then live ones.
 
         Publications arriving while history or state is read are held back and sent after
         them, skipping what the history held or the snapshot covers: no gap, no duplicate.
+        `counted`: the caller already counted (and announced) the socket's presence there.
         """
         self.channels.setdefault(channel, set()).add(conn)
         if since is None and snapshot is None:
             position = await self.bus.position(channel)
             conn.subscriptions[channel] = position.offset + 1
-            joined = self._join(conn, channel)
+            joined = None if counted else self._join(conn, channel)
             conn.send(self._subscribed(channel, position, None, reply))
             if joined is not None:
                 await self._announce(channel, "user_joined", joined)
@@ -145,6 +147,8 @@ class Hub:
             state = await snapshot() if snapshot is not None else None
         except BaseException:
             self._discard(channel, conn)
+            if counted:
+                self._leave(conn, channel)
             raise
         finally:
             del conn.recovering[channel]
@@ -152,7 +156,7 @@ class Hub:
                 conn.recovering = None
         position = recovery.position
         recovered = recovery.recovered if since is not None else None
-        joined = self._join(conn, channel)
+        joined = None if counted else self._join(conn, channel)
         conn.send(self._subscribed(channel, position, recovered, reply))
         # Where this connection's stream on the channel starts: after `since` when the gap
         # was recovered, else at the current position.
@@ -205,6 +209,15 @@ class Hub:
         return True
 
     # -- presence ----------------------------------------------------------------------
+
+    def count_in(self, conn: Connection, channel: str) -> Member | None:
+        """Count a socket in a channel's presence before it subscribes there (at connect,
+        so presence includes it by the time it reads `connection`); subscribe with
+        counted=True afterwards, and `announce_joined` the Member this returns."""
+        return self._join(conn, channel)
+
+    async def announce_joined(self, channel: str, member: Member) -> None:
+        await self._announce(channel, "user_joined", member)
 
     def _join(self, conn: Connection, channel: str) -> Member | None:
         """Count the socket on a presence channel; the Member when it is its user's first."""

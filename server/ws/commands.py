@@ -23,11 +23,13 @@ from server.errors import (
     Conflict,
     Forbidden,
     InvalidJson,
+    Unavailable,
     UnknownType,
     ValidationFailed,
 )
 from server.hub import Snapshot
 from server.services.chat import room_of
+from server.storage import StorageError
 from server.ws import frames
 
 if TYPE_CHECKING:
@@ -154,9 +156,18 @@ def _readings_snapshot(services: Services, channel: str) -> Callable[[], Awaitab
     return load
 
 
+def _no(pub: Publication) -> bool:
+    return False
+
+
 def _chat_history(services: Services, channel: str, room: str) -> Callable[[], Awaitable[Snapshot]]:
     async def load() -> Snapshot:
-        messages = await services.chat.recent(room)
+        try:
+            messages = await services.chat.recent(room)
+        except StorageError as exc:
+            # The room works without its past: say so instead of failing the join.
+            log.warning("history of %s not sent: %s", channel, exc)
+            return Snapshot([frames.error(Unavailable("chat history is unavailable now"))], _no)
         top = messages[-1]["id"] if messages else 0
 
         def covers(pub: Publication) -> bool:
@@ -235,6 +246,7 @@ class Dispatcher:
         since: Position | None = None,
         reply: dict[str, Any] | None = None,
         snapshot: bool = False,
+        counted: bool = False,
     ) -> None:
         """Subscribe (permission already checked) with what the channel sends first: the
         readings snapshot when asked for, a chat room's recent history unless recovering."""
@@ -247,7 +259,7 @@ class Dispatcher:
             and (room := room_of(channel)) is not None
         ):
             loader = _chat_history(self.services(), channel, room)
-        await self.hub.subscribe(conn, channel, since, reply, loader)
+        await self.hub.subscribe(conn, channel, since, reply, loader, counted)
 
     async def handle(self, conn: Connection, data: str) -> None:
         frame_id: Any = None

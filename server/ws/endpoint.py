@@ -17,7 +17,7 @@ from server.api.middleware import bearer_token
 from server.api.respond import error_response
 from server.channels import parse_channel_list
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
-from server.hub import HubStats
+from server.hub import HubStats, Member
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
 from server.services.chat import check_room, room_channel
 from server.ws import frames
@@ -54,8 +54,11 @@ async def _serve(request: web.Request, token_required: bool) -> web.StreamRespon
     dispatcher = request.app[DISPATCHER]
     ws = conn.ws
     try:
-        for channel in channels:
-            await dispatcher.join(conn, channel)
+        for channel, member in channels:
+            if member is not None:
+                await hub.announce_joined(channel, member)
+        for channel, _ in channels:
+            await dispatcher.join(conn, channel, counted=True)
         # The read loop lives here, not in a function of its own: one frame less per socket.
         while not conn.closing:
             # receive() rather than `async for`: no __anext__ frame either.
@@ -99,7 +102,7 @@ class Refusal(Exception):
 
 async def _open(
     request: web.Request, token_required: bool
-) -> tuple[web.StreamResponse, Connection | None, list[str]]:
+) -> tuple[web.StreamResponse, Connection | None, list[tuple[str, Member | None]]]:
     """Handshake, then admission; a refused socket is closed with its code and reason."""
     config = request.app[CONFIG]
     if not origin_allowed(request):
@@ -123,8 +126,10 @@ async def _open(
 
 def _admit(
     request: web.Request, ws: web.WebSocketResponse, token_required: bool
-) -> tuple[Connection, list[str]]:
-    """Query checks and limits; registers the socket and sends `connection`."""
+) -> tuple[Connection, list[tuple[str, Member | None]]]:
+    """Query checks and limits; registers the socket (counted in its channels' presence)
+    and sends `connection`. Returns the channels to subscribe, each with the Member whose
+    arrival is to be announced there."""
     app = request.app
     hub = app[HUB]
     limits = app[CONFIG].ws
@@ -172,6 +177,7 @@ def _admit(
         ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop, hub.outbox
     )
     hub.add(conn)
+    counted = [(channel, hub.count_in(conn, channel)) for channel in channels]
     log.info("connect %s user=%s ip=%s channels=%s", client_id, principal.sub, ip, channels)
     conn.send(
         frames.encode(
@@ -185,7 +191,7 @@ def _admit(
         )
     )
     # The caller subscribes them, after this frame: `connection` comes first on the wire.
-    return conn, channels
+    return conn, counted
 
 
 def _within_rate(conn: Connection, stats: HubStats) -> bool:

@@ -3,11 +3,13 @@ join_room, and every bad chat frame answered with an error that leaves the socke
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from server.keys import SERVICES
+from server.storage import StorageUnavailable
 from tests.conftest import WS, Connect, open_ws
 
 
@@ -339,3 +341,46 @@ async def test_read_of_a_message_from_another_room_is_not_found(
 
     assert (await bob.recv_type("error"))["code"] == "not_found"
     assert await client.app[SERVICES].storage.fetch("SELECT * FROM read_receipts") == []
+
+
+async def test_presence_already_counts_a_socket_when_it_reads_connection(
+    client: TestClient, monkeypatch: Any
+):
+    # The history read is held until the socket's presence has been looked at over REST.
+    looked = asyncio.Event()
+    chat = client.app[SERVICES].chat
+    read_history = chat.recent
+
+    async def slow_history(room: str) -> list[dict[str, Any]]:
+        await looked.wait()
+        return await read_history(room)
+
+    monkeypatch.setattr(chat, "recent", slow_history)
+    ws = await open_ws(client, "/ws/early?user_id=1&username=Ana", handshake=False)
+    await ws.recv_type("connection")
+
+    resp = await client.get("/api/v1/rooms/early/connections")
+    looked.set()
+
+    assert (await resp.json())["users"] == [{"user_id": "1", "username": "Ana", "connections": 1}]
+    assert (await ws.recv_type("subscribed"))["presence"] == [{"user_id": "1", "username": "Ana"}]
+
+
+async def test_join_without_history_when_the_database_fails_then_chat_goes_on(
+    client: TestClient, connect: Connect, monkeypatch: Any
+):
+    chat = client.app[SERVICES].chat
+
+    async def broken(room: str) -> list[dict[str, Any]]:
+        raise StorageUnavailable("disk on fire")
+
+    monkeypatch.setattr(chat, "recent", broken)
+    ws = await open_ws(client, "/ws/down?user_id=1", handshake=False)
+    await ws.recv_type("connection")
+    await ws.recv_type("subscribed")
+
+    error = await ws.recv_type("error")
+    assert error["message"] == "chat history is unavailable now"
+    monkeypatch.undo()
+    await ws.send({"type": "message", "content": "still works"})
+    assert (await ws.recv_type("message_sent"))["data"]["content"] == "still works"
