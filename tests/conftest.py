@@ -70,7 +70,12 @@ class WS:
         """Read until the server closes; returns (close code, reason)."""
         while True:
             msg = await self.ws.receive(timeout=timeout)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                # The code the server's close frame carried: the client's own close_code
+                # turns 1006 when its reply loses the race with the server closing the TCP
+                # connection (aiohttp does not wait for it after a close from another task).
+                return msg.data, (msg.extra or "")
+            if msg.type is aiohttp.WSMsgType.CLOSED:
                 return self.ws.close_code, (msg.extra or "")
             if msg.type is aiohttp.WSMsgType.ERROR:
                 return self.ws.close_code, str(msg.data)
