@@ -95,6 +95,8 @@ class AuthConfig:
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_leeway: float = setting(0.0, validate.Range(min=0))
     api_tokens: list[ApiToken] = setting([])
+    # Lifetime of the tokens POST /api/v1/auth/login issues, in seconds.
+    login_ttl: float = setting(3600.0, validate.Range(min=1))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from server import __version__
+from server.api.auth import LOGIN_PATH, LoginIn, LoginOut
 from server.api.operations import Operation
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -81,6 +82,30 @@ def build_openapi(operations: Iterable[Operation]) -> dict[str, Any]:
         if parameters:
             item["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method.lower()] = item
+    paths[LOGIN_PATH] = {"post": _login(error_ref)}
     for path, methods in paths.items():
         spec.path(path=path, operations=methods)
     return spec.to_dict()
+
+
+def _login(error_ref: dict[str, str]) -> dict[str, Any]:
+    """The login view is HTTP-only (no @operation): documented here by hand."""
+    return {
+        "operationId": "auth_login",
+        "summary": "Exchange a username and password for a JWT",
+        "tags": ["auth"],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": LoginIn}},
+        },
+        "responses": {
+            "200": {
+                "description": "a token for that user",
+                "content": {"application/json": {"schema": LoginOut}},
+            },
+            "default": {
+                "description": "error (401 for a wrong username or password)",
+                "content": {"application/json": {"schema": error_ref}},
+            },
+        },
+    }

@@ -8,7 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import predictions, readings, sensors, system
+from server.api import auth, predictions, readings, sensors, system
 from server.api.middleware import json_errors, request_principal
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
@@ -90,6 +90,7 @@ def setup_routes(app: web.Application) -> None:
         router.add_get("/health", json_errors(system.health)),
         router.add_get("/api/v1/health", json_errors(system.health)),
         router.add_get("/api/v1/openapi.json", json_errors(openapi)),
+        router.add_post(auth.LOGIN_PATH, json_errors(auth.login)),
     ]
     for op in operations.values():
         routes.append(router.add_route(op.method, op.path, rest_handler(op)))

@@ -9,6 +9,7 @@ from server.services.events import EventService
 from server.services.predictions import PredictionService
 from server.services.readings import ReadingService
 from server.services.sensors import SensorsService
+from server.services.users import UsersService
 from server.storage import Storage
 
 
@@ -19,6 +20,7 @@ class Services:
     predictions: PredictionService
     readings: ReadingService
     sensors: SensorsService
+    users: UsersService
 
 
 def create_services(storage: Storage, bus: Bus) -> Services:
@@ -28,4 +30,5 @@ def create_services(storage: Storage, bus: Bus) -> Services:
         predictions=PredictionService(storage, bus),
         readings=ReadingService(storage, bus),
         sensors=SensorsService(storage, bus),
+        users=UsersService(storage),
     )
