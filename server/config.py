@@ -44,6 +44,9 @@ class ServerConfig:
     shutdown_timeout: float = setting(10.0, validate.Range(min=0))
     allowed_origins: list[str] = setting(["*"])
     max_body_bytes: int = setting(8 * 1024 * 1024, validate.Range(min=1024))
+    # REST requests per second per client IP, and the burst allowed; 0 = off.
+    rate_limit: float = setting(1000.0, validate.Range(min=0))
+    rate_burst: float = setting(2000.0, validate.Range(min=0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Errors -> the one shape; request principal from Authorization or ?token=.
+"""Errors -> the one shape; per-IP REST rate limit; request principal from Authorization or
+?token=.
 
 No aiohttp middleware on purpose: a middleware's coroutine frame stays on the stack of every
 WebSocket handler for the socket's whole life (~0.7 KB per idle connection with aiohttp's
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping
 
 from aiohttp import hdrs, web
@@ -24,12 +26,59 @@ from server.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    RateLimited,
     TooLarge,
     Unauthorized,
 )
 from server.keys import AUTH
 
 log = logging.getLogger(__name__)
+
+
+class RestLimiter:
+    """`server.rate_limit` requests/s per client IP with bursts of `server.rate_burst`.
+
+    One token bucket per address, kept as (tokens, updated). Buckets that have refilled
+    are forgotten when the table grows past MAX_TRACKED, so a scan from many addresses
+    cannot grow it without bound (if they are all still busy, the table is reset: the
+    limit fails open rather than eating memory).
+    """
+
+    MAX_TRACKED = 100_000
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def check(self, ip: str, now: float | None = None) -> None:
+        """Count one request from `ip`; RateLimited (with retry_after) when over."""
+        now = time.monotonic() if now is None else now
+        tokens, updated = self._buckets.get(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - updated) * self.rate)
+        if tokens < 1.0:
+            self._buckets[ip] = (tokens, now)
+            retry = (1.0 - tokens) / self.rate
+            raise RateLimited(retry_after=round(retry, 3))
+        self._buckets[ip] = (tokens - 1.0, now)
+        if len(self._buckets) > self.MAX_TRACKED:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        # Within one request of full counts as refilled: forgetting it gives one extra.
+        full = self.burst - 1.0
+        self._buckets = {
+            ip: (tokens, updated)
+            for ip, (tokens, updated) in self._buckets.items()
+            if tokens + (now - updated) * self.rate < full
+        }
+        if len(self._buckets) > self.MAX_TRACKED // 2:
+            self._buckets.clear()
+
+
+# Set by setup_routes when server.rate_limit is on. Here rather than in keys.py: only
+# json_errors reads it.
+REST_LIMITER = web.AppKey("rest_limiter", RestLimiter)
 
 _HTTP_ERRORS: dict[int, type[ApiError]] = {
     400: BadRequest,
@@ -51,6 +100,11 @@ def json_errors(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
+            # Only HTTP handlers are wrapped: WebSocket upgrades and frames never count here
+            # (sockets have ws.rate_limit per connection and connection limits per IP).
+            limiter = request.app.get(REST_LIMITER)
+            if limiter is not None:
+                limiter.check(request.remote or "unknown")
             return await handler(request)
         except ApiError as exc:
             return error_response(exc)
