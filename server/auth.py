@@ -83,6 +83,23 @@ def read_public_key(key: str, base_dir: Path) -> str:
         raise ConfigError(f"auth.jwt_public_key: cannot read {path} ({exc.strerror})") from None
 
 
+def load_public_key(algorithm: str, pem: str) -> Any:
+    """The parsed RS256/ES256 key, checked at start: a bad key is a config error, not a
+    401 for every token (and is parsed once, not per token)."""
+    if not jwt.algorithms.has_crypto:
+        raise ConfigError(
+            f"auth.jwt_algorithm: {algorithm} needs the cryptography package "
+            "(pip install 'PyJWT[crypto]')"
+        )
+    try:
+        return jwt.get_algorithm_by_name(algorithm).prepare_key(pem)
+    except (jwt.InvalidKeyError, ValueError, TypeError):
+        kind = "an RSA" if algorithm == "RS256" else "a P-256 EC"
+        raise ConfigError(
+            f"auth.jwt_public_key: not a valid {algorithm} key (expected {kind} public key, PEM)"
+        ) from None
+
+
 class Authenticator:
     def __init__(self, config: AuthConfig, var_dir: Path, base_dir: Path) -> None:
         self.config = config
@@ -91,7 +108,9 @@ class Authenticator:
             self.verify_key = config.jwt_secret or load_or_create_secret(var_dir)
             self.signing_key: str | None = self.verify_key
         else:
-            self.verify_key = read_public_key(config.jwt_public_key, base_dir)
+            self.verify_key = load_public_key(
+                self.algorithm, read_public_key(config.jwt_public_key, base_dir)
+            )
             self.signing_key = None
         self._api_tokens = [(t.token.encode(), t) for t in config.api_tokens]
 

@@ -117,10 +117,33 @@ def test_missing_public_key_file_is_one_line_naming_the_key(tmp_path: Path):
     assert "auth.jwt_public_key" in proc.stderr
 
 
+def rsa_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode()
+
+
+def test_unparsable_public_key_is_one_line_naming_the_key(tmp_path: Path):
+    (tmp_path / "pub.pem").write_text("-----BEGIN PUBLIC KEY-----\nnope\n", encoding="utf-8")
+    config = write_config(
+        tmp_path, {"auth": {"jwt_algorithm": "ES256", "jwt_public_key": "pub.pem"}}
+    )
+
+    proc = run(["--config", str(config), "token", "--role", "admin"], cwd=tmp_path)
+
+    line = assert_one_line_error(proc, 2, "sensorcast: config error: auth.jwt_public_key:")
+    assert "not a valid ES256 key" in line
+
+
 def test_relative_public_key_path_resolves_against_config_directory(tmp_path: Path):
     conf_dir = tmp_path / "etc"
     (conf_dir / "keys").mkdir(parents=True)
-    (conf_dir / "keys" / "pub.pem").write_text("-----BEGIN PUBLIC KEY-----\n", encoding="utf-8")
+    (conf_dir / "keys" / "pub.pem").write_text(rsa_public_pem(), encoding="utf-8")
     config = write_config(
         conf_dir, {"auth": {"jwt_algorithm": "RS256", "jwt_public_key": "keys/pub.pem"}}
     )
