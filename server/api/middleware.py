@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from server import codec
@@ -133,6 +134,29 @@ async def shape_router_errors(request: web.Request, response: web.StreamResponse
         response.content_type = JSON
         # The plain-text body's length was already set; headers are not sent yet.
         response.headers[hdrs.CONTENT_LENGTH] = str(len(body))
+
+
+class UnparsableRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (request line or a header over its limits,
+    bad framing) at ERROR with a traceback, before any handler: any client could fill the
+    log with tracebacks. Those become one WARNING line; real server errors stay ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 500) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "unparsable request from %s: %s"
+            record.args = (remote, exc.message[:200])
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_unparsable_requests() -> None:
+    """Install UnparsableRequestFilter on aiohttp's server logger (once per process)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequestFilter) for f in logger.filters):
+        logger.addFilter(UnparsableRequestFilter())
 
 
 def bearer_token(request: web.Request, query: Mapping[str, str] | None = None) -> str | None:

@@ -9,7 +9,13 @@ from aiohttp import web
 
 from server import codec
 from server.api import auth, predictions, readings, sensors, system
-from server.api.middleware import REST_LIMITER, RestLimiter, json_errors, request_principal
+from server.api.middleware import (
+    REST_LIMITER,
+    RestLimiter,
+    json_errors,
+    quiet_unparsable_requests,
+    request_principal,
+)
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
@@ -75,6 +81,7 @@ def setup_routes(app: web.Application) -> None:
     operations = operations_of(*OPERATION_FUNCTIONS)
     app[OPERATIONS] = operations
     app[OPENAPI] = codec.dumps(build_openapi(operations.values()))
+    quiet_unparsable_requests()
     server = app[CONFIG].server
     if server.rate_limit:
         app[REST_LIMITER] = RestLimiter(server.rate_limit, server.rate_burst)
