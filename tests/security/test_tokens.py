@@ -222,3 +222,38 @@ def test_fuzzed_tokens_are_unauthorized_never_a_crash(token: str):
     FUZZ_CASES["tokens (Authenticator.authenticate)"] += 1
     with pytest.raises(Unauthorized):
         FUZZ_AUTH.authenticate(token)
+
+
+# -- a server that could not verify its tokens does not start ---------------------------------
+
+
+def test_asymmetric_algorithm_without_cryptography_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    from server.config import ConfigError
+
+    monkeypatch.setattr(jwt.algorithms, "has_crypto", False)
+    (tmp_path / "pub.pem").write_bytes(pem_public(RSA_KEY))
+    config = make_config(
+        tmp_path, {"auth": {"jwt_algorithm": "RS256", "jwt_public_key": "pub.pem"}}
+    )
+    with pytest.raises(ConfigError, match=r"^auth.jwt_algorithm: RS256 needs the cryptography"):
+        create_app(config)
+
+
+@pytest.mark.parametrize(
+    ("alg", "pem"),
+    [
+        ("RS256", pem_public(EC_KEY)),
+        ("ES256", pem_public(RSA_KEY)),
+        ("RS256", b"-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n"),
+    ],
+    ids=["ec key for RS256", "rsa key for ES256", "garbage"],
+)
+def test_wrong_or_unparsable_public_key_is_a_config_error(tmp_path: Path, alg: str, pem: bytes):
+    from server.config import ConfigError
+
+    (tmp_path / "pub.pem").write_bytes(pem)
+    config = make_config(tmp_path, {"auth": {"jwt_algorithm": alg, "jwt_public_key": "pub.pem"}})
+    with pytest.raises(ConfigError, match=rf"^auth.jwt_public_key: not a valid {alg} key"):
+        create_app(config)
