@@ -1,7 +1,10 @@
-"""Who is calling: JWT (HS256 secret or RS256/ES256 public key) and config API tokens."""
+"""Who is calling: JWT (HS256 secret or RS256/ES256 public key), config API tokens, and
+scrypt password hashes for the users table."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import logging
 import os
@@ -80,6 +83,23 @@ def read_public_key(key: str, base_dir: Path) -> str:
         raise ConfigError(f"auth.jwt_public_key: cannot read {path} ({exc.strerror})") from None
 
 
+def load_public_key(algorithm: str, pem: str) -> Any:
+    """The parsed RS256/ES256 key, checked at start: a bad key is a config error, not a
+    401 for every token (and is parsed once, not per token)."""
+    if not jwt.algorithms.has_crypto:
+        raise ConfigError(
+            f"auth.jwt_algorithm: {algorithm} needs the cryptography package "
+            "(pip install 'PyJWT[crypto]')"
+        )
+    try:
+        return jwt.get_algorithm_by_name(algorithm).prepare_key(pem)
+    except (jwt.InvalidKeyError, ValueError, TypeError):
+        kind = "an RSA" if algorithm == "RS256" else "a P-256 EC"
+        raise ConfigError(
+            f"auth.jwt_public_key: not a valid {algorithm} key (expected {kind} public key, PEM)"
+        ) from None
+
+
 class Authenticator:
     def __init__(self, config: AuthConfig, var_dir: Path, base_dir: Path) -> None:
         self.config = config
@@ -88,7 +108,9 @@ class Authenticator:
             self.verify_key = config.jwt_secret or load_or_create_secret(var_dir)
             self.signing_key: str | None = self.verify_key
         else:
-            self.verify_key = read_public_key(config.jwt_public_key, base_dir)
+            self.verify_key = load_public_key(
+                self.algorithm, read_public_key(config.jwt_public_key, base_dir)
+            )
             self.signing_key = None
         self._api_tokens = [(t.token.encode(), t) for t in config.api_tokens]
 
@@ -134,15 +156,31 @@ class Authenticator:
         name: str | None = None,
         channels: list[str] | None = None,
     ) -> str:
+        return self.mint_expiring(sub, role, ttl, name, channels)[0]
+
+    @property
+    def can_mint(self) -> bool:
+        return self.signing_key is not None
+
+    def mint_expiring(
+        self,
+        sub: str,
+        role: str,
+        ttl: float = 3600,
+        name: str | None = None,
+        channels: list[str] | None = None,
+    ) -> tuple[str, int]:
+        """A signed HS256 token and its `exp` (Unix seconds)."""
         if self.signing_key is None:
             raise RuntimeError(f"cannot mint {self.algorithm} tokens: only a public key is set")
         now = int(time.time())
-        claims: dict[str, Any] = {"sub": sub, "role": role, "iat": now, "exp": now + int(ttl)}
+        exp = now + int(ttl)
+        claims: dict[str, Any] = {"sub": sub, "role": role, "iat": now, "exp": exp}
         if name is not None:
             claims["name"] = name
         if channels is not None:
             claims["channels"] = channels
-        return jwt.encode(claims, self.signing_key, algorithm="HS256")
+        return jwt.encode(claims, self.signing_key, algorithm="HS256"), exp
 
     def resolve(self, token: str | None, user_id: str | None, username: str | None) -> Principal:
         """The caller of a request or socket: token when given, else anonymous if allowed."""
@@ -151,6 +189,69 @@ class Authenticator:
         if not self.config.allow_anonymous:
             raise Unauthorized("a token is required")
         return anonymous(user_id, username)
+
+
+# scrypt cost: 2**14 x 8 = 16 MiB and ~50 ms per hash. The parameters are stored with each
+# hash, so raising them later leaves existing passwords verifiable.
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_SALT_BYTES = 16
+SCRYPT_KEY_BYTES = 32
+# Refuse stored parameters past these (a tampered row must not make verify eat the RAM).
+_SCRYPT_MAX_N = 2**20
+_SCRYPT_MAXMEM = 256 * 1024 * 1024
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def hash_password(password: str) -> str:
+    """`scrypt$N$r$p$salt$key` (salt and key base64): the text the users table stores.
+
+    CPU-bound (~50 ms): async callers run it in a thread.
+    """
+    salt = secrets.token_bytes(SCRYPT_SALT_BYTES)
+    key = hashlib.scrypt(
+        password.encode("utf-8", "surrogatepass"),
+        salt=salt,
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        dklen=SCRYPT_KEY_BYTES,
+        maxmem=_SCRYPT_MAXMEM,
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` matches a hash_password() text; False for any malformed text.
+
+    The comparison is constant-time; the cost is that of the stored parameters.
+    """
+    try:
+        scheme, n_text, r_text, p_text, salt_text, key_text = stored.split("$")
+        n, r, p = int(n_text), int(r_text), int(p_text)
+        salt = base64.b64decode(salt_text, validate=True)
+        expected = base64.b64decode(key_text, validate=True)
+    except ValueError:
+        return False
+    if scheme != "scrypt" or not (1 < n <= _SCRYPT_MAX_N and 0 < r <= 32 and 0 < p <= 16):
+        return False
+    try:
+        key = hashlib.scrypt(
+            password.encode("utf-8", "surrogatepass"),
+            salt=salt,
+            n=n,
+            r=r,
+            p=p,
+            dklen=len(expected),
+            maxmem=_SCRYPT_MAXMEM,
+        )
+    except ValueError:  # n not a power of two, dklen 0, over maxmem
+        return False
+    return hmac.compare_digest(key, expected)
 
 
 WRITE_ROLES = ("admin", "service")

@@ -1,4 +1,4 @@
-"""`sensorcast` / `python -m server`: serve, migrate, token, publish, tail, bench."""
+"""`sensorcast` / `python -m server`: serve, migrate, token, user, publish, tail, bench."""
 
 from __future__ import annotations
 
@@ -30,6 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--name", help="display name claim")
     t.add_argument("--ttl", type=float, default=3600, help="seconds until expiry (3600)")
     t.add_argument("--channels", help="comma-separated channel patterns the token is limited to")
+    u = sub.add_parser("user", help="add, list or remove login users")
+    users = u.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = users.add_parser("add", help="add a user (password from a prompt or stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", default="user", choices=ROLES)
+    given = add.add_mutually_exclusive_group()
+    given.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin's first line"
+    )
+    given.add_argument(
+        "--password", help="the password itself (visible to other local users: prefer stdin)"
+    )
+    users.add_parser("list", help="list users")
+    rm = users.add_parser("remove", help="remove a user (its issued tokens live until expiry)")
+    rm.add_argument("name")
     for name, help_ in (("publish", "publish an event"), ("tail", "print live events")):
         c = sub.add_parser(name, help=help_)
         c.add_argument("--url", help="server URL (default: from the config's host and port)")
@@ -149,6 +164,56 @@ def token(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        return str(args.password)
+    if args.password_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != password:
+        raise _Fatal("the passwords differ")
+    return password
+
+
+def user(config: Config, args: argparse.Namespace) -> int:
+    from server.errors import ApiError
+    from server.services.users import UsersService
+    from server.storage import StorageError, open_storage
+    from server.storage.migrate import MIGRATIONS_DIR, ensure_current
+
+    # Read before the database is opened: a prompt must not hold a connection.
+    password = _read_password(args) if args.user_command == "add" else ""
+
+    async def run() -> None:
+        db = config.database
+        storage = await open_storage(db.url, base_dir=config.base_dir, pool_min=1, pool_max=1)
+        try:
+            await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
+            users = UsersService(storage)
+            if args.user_command == "add":
+                added = await users.add(args.name, password, args.role)
+                print(f"added user {added['username']} (id {added['id']}, role {added['role']})")
+            elif args.user_command == "remove":
+                removed = await users.remove(args.name)
+                print(f"removed user {removed['username']} (id {removed['id']})")
+            else:
+                for u in await users.list_users():
+                    print(f"{u['id']}\t{u['username']}\t{u['role']}\t{u['created_at']}")
+        finally:
+            await storage.close()
+
+    try:
+        asyncio.run(run())
+    except ApiError as exc:
+        details = f" ({exc.details})" if exc.details else ""
+        raise _Fatal(f"{exc.message}{details}") from None
+    except StorageError as exc:
+        raise _Fatal(str(exc)) from None
+    return 0
+
+
 def _client_setup(config: Config, args: argparse.Namespace) -> tuple[str, str]:
     from server.auth import Authenticator
 
@@ -186,6 +251,7 @@ COMMANDS: dict[str, Any] = {
     "serve": serve,
     "migrate": migrate,
     "token": token,
+    "user": user,
     "publish": publish,
     "tail": tail,
     "bench": bench,

@@ -45,6 +45,9 @@ class ServerConfig:
     shutdown_timeout: float = setting(10.0, validate.Range(min=0))
     allowed_origins: list[str] = setting(["*"])
     max_body_bytes: int = setting(8 * 1024 * 1024, validate.Range(min=1024))
+    # REST requests per second per client IP, and the burst allowed; 0 = off.
+    rate_limit: float = setting(1000.0, validate.Range(min=0))
+    rate_burst: float = setting(2000.0, validate.Range(min=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,8 @@ class AuthConfig:
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_leeway: float = setting(0.0, validate.Range(min=0))
     api_tokens: list[ApiToken] = setting([])
+    # Lifetime of the tokens POST /api/v1/auth/login issues, in seconds.
+    login_ttl: float = setting(3600.0, validate.Range(min=1))
 
 
 @dataclass(frozen=True, slots=True)

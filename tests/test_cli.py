@@ -117,10 +117,33 @@ def test_missing_public_key_file_is_one_line_naming_the_key(tmp_path: Path):
     assert "auth.jwt_public_key" in proc.stderr
 
 
+def rsa_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode()
+
+
+def test_unparsable_public_key_is_one_line_naming_the_key(tmp_path: Path):
+    (tmp_path / "pub.pem").write_text("-----BEGIN PUBLIC KEY-----\nnope\n", encoding="utf-8")
+    config = write_config(
+        tmp_path, {"auth": {"jwt_algorithm": "ES256", "jwt_public_key": "pub.pem"}}
+    )
+
+    proc = run(["--config", str(config), "token", "--role", "admin"], cwd=tmp_path)
+
+    line = assert_one_line_error(proc, 2, "sensorcast: config error: auth.jwt_public_key:")
+    assert "not a valid ES256 key" in line
+
+
 def test_relative_public_key_path_resolves_against_config_directory(tmp_path: Path):
     conf_dir = tmp_path / "etc"
     (conf_dir / "keys").mkdir(parents=True)
-    (conf_dir / "keys" / "pub.pem").write_text("-----BEGIN PUBLIC KEY-----\n", encoding="utf-8")
+    (conf_dir / "keys" / "pub.pem").write_text(rsa_public_pem(), encoding="utf-8")
     config = write_config(
         conf_dir, {"auth": {"jwt_algorithm": "RS256", "jwt_public_key": "keys/pub.pem"}}
     )
@@ -389,3 +412,73 @@ async def test_serve_does_not_log_query_tokens(server: Server):
     log = server.log()
     assert "GET /api/v1/stats" in log
     assert secret not in log
+
+
+# -- user add / list / remove ------------------------------------------------------------------
+
+
+def run_input(args: list[str], cwd: Path, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=cwd,
+        env=clean_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def test_user_add_list_remove(tmp_path: Path):
+    config = str(write_config(tmp_path, {}))
+
+    added = run_input(
+        ["--config", config, "user", "add", "alice", "--role", "admin", "--password-stdin"],
+        tmp_path,
+        "s3cret pass phrase\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "added user alice (id 1, role admin)\n"
+    # Not a terminal and no flag: the password is read from stdin too.
+    assert (
+        run_input(["--config", config, "user", "add", "bob"], tmp_path, "bobs-password").returncode
+        == 0
+    )
+    with_flag = run(
+        ["--config", config, "user", "add", "carol", "--password", "carols-password"], tmp_path
+    )
+    assert with_flag.returncode == 0, with_flag.stderr
+
+    listed = run(["--config", config, "user", "list"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [r[:3] for r in rows] == [
+        ["1", "alice", "admin"],
+        ["2", "bob", "user"],
+        ["3", "carol", "user"],
+    ]
+    assert "s3cret" not in listed.stdout
+
+    removed = run(["--config", config, "user", "remove", "bob"], tmp_path)
+    assert (removed.returncode, removed.stdout) == (0, "removed user bob (id 2)\n")
+    assert "bob" not in run(["--config", config, "user", "list"], tmp_path).stdout
+
+
+def test_user_errors_are_one_line_and_exit_1(tmp_path: Path):
+    config = str(write_config(tmp_path, {}))
+    assert (
+        run(
+            ["--config", config, "user", "add", "alice", "--password", "long-enough"], tmp_path
+        ).returncode
+        == 0
+    )
+
+    taken = run(["--config", config, "user", "add", "alice", "--password", "long-enough"], tmp_path)
+    assert "already exists" in assert_one_line_error(taken, 1, "sensorcast: ")
+    short = run(["--config", config, "user", "add", "bob", "--password", "short"], tmp_path)
+    assert "password" in assert_one_line_error(short, 1, "sensorcast: ")
+    missing = run(["--config", config, "user", "remove", "nobody"], tmp_path)
+    assert "not found" in assert_one_line_error(missing, 1, "sensorcast: ")
+    empty = run_input(["--config", config, "user", "add", "dave", "--password-stdin"], tmp_path, "")
+    assert "password" in assert_one_line_error(empty, 1, "sensorcast: ")

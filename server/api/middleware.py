@@ -1,4 +1,5 @@
-"""Errors -> the one shape; request principal from Authorization or ?token=.
+"""Errors -> the one shape; per-IP REST rate limit; request principal from Authorization or
+?token=.
 
 No aiohttp middleware on purpose: a middleware's coroutine frame stays on the stack of every
 WebSocket handler for the socket's whole life (~0.7 KB per idle connection with aiohttp's
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from server import codec
@@ -24,12 +27,59 @@ from server.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    RateLimited,
     TooLarge,
     Unauthorized,
 )
 from server.keys import AUTH
 
 log = logging.getLogger(__name__)
+
+
+class RestLimiter:
+    """`server.rate_limit` requests/s per client IP with bursts of `server.rate_burst`.
+
+    One token bucket per address, kept as (tokens, updated). Buckets that have refilled
+    are forgotten when the table grows past MAX_TRACKED, so a scan from many addresses
+    cannot grow it without bound (if they are all still busy, the table is reset: the
+    limit fails open rather than eating memory).
+    """
+
+    MAX_TRACKED = 100_000
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def check(self, ip: str, now: float | None = None) -> None:
+        """Count one request from `ip`; RateLimited (with retry_after) when over."""
+        now = time.monotonic() if now is None else now
+        tokens, updated = self._buckets.get(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - updated) * self.rate)
+        if tokens < 1.0:
+            self._buckets[ip] = (tokens, now)
+            retry = (1.0 - tokens) / self.rate
+            raise RateLimited(retry_after=round(retry, 3))
+        self._buckets[ip] = (tokens - 1.0, now)
+        if len(self._buckets) > self.MAX_TRACKED:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        # Within one request of full counts as refilled: forgetting it gives one extra.
+        full = self.burst - 1.0
+        self._buckets = {
+            ip: (tokens, updated)
+            for ip, (tokens, updated) in self._buckets.items()
+            if tokens + (now - updated) * self.rate < full
+        }
+        if len(self._buckets) > self.MAX_TRACKED // 2:
+            self._buckets.clear()
+
+
+# Set by setup_routes when server.rate_limit is on. Here rather than in keys.py: only
+# json_errors reads it.
+REST_LIMITER = web.AppKey("rest_limiter", RestLimiter)
 
 _HTTP_ERRORS: dict[int, type[ApiError]] = {
     400: BadRequest,
@@ -51,6 +101,11 @@ def json_errors(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
+            # Only HTTP handlers are wrapped: WebSocket upgrades and frames never count here
+            # (sockets have ws.rate_limit per connection and connection limits per IP).
+            limiter = request.app.get(REST_LIMITER)
+            if limiter is not None:
+                limiter.check(request.remote or "unknown")
             return await handler(request)
         except ApiError as exc:
             return error_response(exc)
@@ -79,6 +134,29 @@ async def shape_router_errors(request: web.Request, response: web.StreamResponse
         response.content_type = JSON
         # The plain-text body's length was already set; headers are not sent yet.
         response.headers[hdrs.CONTENT_LENGTH] = str(len(body))
+
+
+class UnparsableRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (request line or a header over its limits,
+    bad framing) at ERROR with a traceback, before any handler: any client could fill the
+    log with tracebacks. Those become one WARNING line; real server errors stay ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 500) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "unparsable request from %s: %s"
+            record.args = (remote, exc.message[:200])
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_unparsable_requests() -> None:
+    """Install UnparsableRequestFilter on aiohttp's server logger (once per process)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequestFilter) for f in logger.filters):
+        logger.addFilter(UnparsableRequestFilter())
 
 
 def bearer_token(request: web.Request, query: Mapping[str, str] | None = None) -> str | None:

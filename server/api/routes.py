@@ -8,8 +8,14 @@ import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import chat, notifications, predictions, readings, sensors, system
-from server.api.middleware import json_errors, request_principal
+from server.api import auth, chat, notifications, predictions, readings, sensors, system
+from server.api.middleware import (
+    REST_LIMITER,
+    RestLimiter,
+    json_errors,
+    quiet_unparsable_requests,
+    request_principal,
+)
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
@@ -83,6 +89,10 @@ def setup_routes(app: web.Application) -> None:
     operations = operations_of(*OPERATION_FUNCTIONS)
     app[OPERATIONS] = operations
     app[OPENAPI] = codec.dumps(build_openapi(operations.values()))
+    quiet_unparsable_requests()
+    server = app[CONFIG].server
+    if server.rate_limit:
+        app[REST_LIMITER] = RestLimiter(server.rate_limit, server.rate_burst)
     cors = aiohttp_cors.setup(
         app,
         defaults={
@@ -98,6 +108,7 @@ def setup_routes(app: web.Application) -> None:
         router.add_get("/health", json_errors(system.health)),
         router.add_get("/api/v1/health", json_errors(system.health)),
         router.add_get("/api/v1/openapi.json", json_errors(openapi)),
+        router.add_post(auth.LOGIN_PATH, json_errors(auth.login)),
     ]
     for op in operations.values():
         routes.append(router.add_route(op.method, op.path, rest_handler(op)))

@@ -13,6 +13,7 @@ from server.services.notifications import NotificationService
 from server.services.predictions import PredictionService
 from server.services.readings import ReadingService
 from server.services.sensors import SensorsService
+from server.services.users import UsersService
 from server.storage import Storage
 
 
@@ -25,6 +26,7 @@ class Services:
     predictions: PredictionService
     readings: ReadingService
     sensors: SensorsService
+    users: UsersService
 
 
 def create_services(storage: Storage, bus: Bus, config: Config, hub: Hub) -> Services:
@@ -36,4 +38,5 @@ def create_services(storage: Storage, bus: Bus, config: Config, hub: Hub) -> Ser
         predictions=PredictionService(storage, bus),
         readings=ReadingService(storage, bus),
         sensors=SensorsService(storage, bus),
+        users=UsersService(storage),
     )

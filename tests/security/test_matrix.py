@@ -1,0 +1,273 @@
+"""Authorization matrix: each role x each endpoint class, over REST and WS `request`, and
+each role x each channel namespace, at connect time (close code) and after (error frame).
+
+Rows are data: a new endpoint class (notify, broadcast, rooms...) is one more `Endpoint`
+in ENDPOINTS, a new namespace one more entry in NAMESPACE_CASES.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.keys import AUTH, SERVICES
+from tests.api.test_system import error_of
+from tests.conftest import auth_header, make_config, open_ws
+
+ROLES = ("admin", "service", "user", "device", "anonymous")
+
+# A matrix app: the shipped default namespace plus two restricted ones, to see role lists
+# applied (the shipped config has only `default`).
+NAMESPACES = {
+    "default": {"subscribe": ["anonymous", "user", "device", "service", "admin"], "publish": []},
+    "ops": {"subscribe": ["service"], "publish": []},
+    "telemetry": {"subscribe": ["user", "device", "service"], "publish": ["device"]},
+}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
+    from server.app import create_app
+
+    config = make_config(tmp_path, {"channels": {"namespaces": NAMESPACES}})
+    return await aiohttp_client(create_app(config))
+
+
+@pytest.fixture
+async def sensor_id(client: TestClient) -> int:
+    storage = client.app[SERVICES].storage
+    sql = "INSERT INTO sensors (type, thresholds) VALUES (?, ?) RETURNING id"
+    return int(await storage.fetchval(sql, "temperature", {}))
+
+
+def token_for(client: TestClient, role: str) -> str | None:
+    if role == "anonymous":
+        return None
+    return client.app[AUTH].mint(f"{role}-1", role)
+
+
+# -- REST and WS `request` ---------------------------------------------------------------------
+
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint class: how to call it over REST and WS, and who may."""
+
+    name: str
+    method: str
+    path: str  # {sensor} is filled in
+    body: Any
+    status: int  # on success
+    allowed: tuple[str, ...]
+    resource: str
+    action: str
+    payload: Any
+
+    def expected(self, role: str) -> str:
+        if role in self.allowed:
+            return OK
+        return "unauthorized" if role == "anonymous" else "forbidden"
+
+
+ENDPOINTS = [
+    Endpoint("read", "GET", "/api/v1/sensors", None, 200, ROLES, "sensors", "list", {}),
+    Endpoint(
+        "write",
+        "POST",
+        "/api/v1/locations",
+        {"name": "plant"},
+        201,
+        ("admin", "service"),
+        "locations",
+        "create",
+        {"name": "plant"},
+    ),
+    Endpoint(
+        "readings",
+        "POST",
+        "/api/v1/readings",
+        {"sensor_id": "{sensor}", "values": {"t": 1.5}},
+        201,
+        ("admin", "service", "device"),
+        "readings",
+        "create",
+        {"sensor_id": "{sensor}", "values": {"t": 1.5}},
+    ),
+    Endpoint(
+        "publish",
+        "POST",
+        "/api/v1/events/general",
+        {"type": "system_event", "message": "hi"},
+        202,
+        ("admin", "service"),
+        "events",
+        "create",
+        {"channel": "sensors:99", "event": {"message": "hi"}},
+    ),
+]
+
+
+def fill(value: Any, sensor: int) -> Any:
+    if value == "{sensor}":
+        return sensor
+    if isinstance(value, dict):
+        return {k: fill(v, sensor) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
+async def test_rest_matrix(client: TestClient, sensor_id: int, endpoint: Endpoint, role: str):
+    tok = token_for(client, role)
+    resp = await client.request(
+        endpoint.method,
+        endpoint.path,
+        json=fill(endpoint.body, sensor_id),
+        headers=auth_header(tok) if tok else {},
+    )
+    expected = endpoint.expected(role)
+    if expected == OK:
+        assert resp.status == endpoint.status, await resp.text()
+    else:
+        await error_of(resp, 401 if expected == "unauthorized" else 403, expected)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
+async def test_ws_request_matrix(client: TestClient, sensor_id: int, endpoint: Endpoint, role: str):
+    tok = token_for(client, role)
+    ws = await open_ws(client, f"/api/v1/ws?token={tok}" if tok else "/api/v1/ws")
+    reply = await ws.request(
+        {
+            "type": "request",
+            "id": 1,
+            "resource": endpoint.resource,
+            "action": endpoint.action,
+            "payload": fill(endpoint.payload, sensor_id),
+        }
+    )
+    expected = endpoint.expected(role)
+    if expected == OK:
+        assert reply["type"] == "response", reply
+    else:
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", expected, 1)
+    # Refused or not, the socket stays usable.
+    assert (await ws.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_refused_write_reads_no_body(client: TestClient):
+    """Authorization comes before the body: a 403 even for a body that is not JSON."""
+    tok = token_for(client, "user")
+    assert tok is not None
+    resp = await client.post("/api/v1/locations", data=b"{not json", headers=auth_header(tok))
+    await error_of(resp, 403, "forbidden")
+
+
+# -- channel namespaces ------------------------------------------------------------------------
+
+# channel -> roles that may subscribe ("self" = the token's own user:{sub}).
+NAMESPACE_CASES: dict[str, tuple[str, ...]] = {
+    "general": ROLES,
+    "sensors:1": ROLES,
+    "readings": ROLES,
+    "chat:lobby": ROLES,
+    "ops": ("admin", "service"),
+    "ops:alerts": ("admin", "service"),
+    "telemetry:7": ("admin", "service", "user", "device"),
+    "user:self": ("admin", "service", "user", "device"),
+    "user:someone-else": ("admin",),
+    "user:anonymous": ("admin",),
+}
+
+
+def channel_for(channel: str, role: str) -> str:
+    return f"user:{role}-1" if channel == "user:self" else channel
+
+
+def query(tok: str | None, channel: str) -> str:
+    q = f"/api/v1/ws?channel={channel}"
+    return f"{q}&token={tok}" if tok else q
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("channel", list(NAMESPACE_CASES))
+async def test_subscribe_at_connect(client: TestClient, channel: str, role: str):
+    target = channel_for(channel, role)
+    ws = await open_ws(client, query(token_for(client, role), target), handshake=False)
+    if role in NAMESPACE_CASES[channel]:
+        await ws.recv_type("connection")
+        assert (await ws.recv_type("subscribed"))["channel"] == target
+    else:
+        assert await ws.closed() == (4003, f"not allowed: {target}")
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("channel", list(NAMESPACE_CASES))
+async def test_subscribe_frame(client: TestClient, channel: str, role: str):
+    target = channel_for(channel, role)
+    ws = await open_ws(client, query(token_for(client, role), "general"))
+    reply = await ws.request({"type": "subscribe", "id": 9, "channel": target})
+    if target == "general":
+        assert (reply["type"], reply["code"]) == ("error", "conflict")
+    elif role in NAMESPACE_CASES[channel]:
+        assert (reply["type"], reply["channel"]) == ("subscribed", target)
+    else:
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", 9)
+    assert (await ws.request({"type": "ping"}))["type"] == "pong"
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(
+    ("channel", "allowed"),
+    [("general", ("admin",)), ("telemetry:7", ("admin", "device")), ("ops", ("admin",))],
+)
+async def test_client_publish_frame(client: TestClient, channel: str, allowed: tuple, role: str):
+    ws = await open_ws(client, query(token_for(client, role), "sensors:1"))
+    reply = await ws.request({"type": "publish", "id": 2, "channel": channel, "data": {"x": 1}})
+    if role in allowed:
+        assert reply["type"] == "response", reply
+    else:
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", 2)
+
+
+async def test_anonymous_user_id_never_grants_user_channel(client: TestClient):
+    ws = await open_ws(client, "/api/v1/ws?user_id=alice&channel=user:alice", handshake=False)
+    assert (await ws.closed())[0] == 4003
+    ws = await open_ws(client, "/api/v1/ws?user_id=alice&username=Alice")
+    reply = await ws.request({"type": "subscribe", "channel": "user:alice"})
+    assert reply["code"] == "forbidden"
+
+
+# -- the `channels` claim ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["admin", "service", "user"])
+async def test_channels_claim_narrows_every_role(client: TestClient, role: str):
+    tok = client.app[AUTH].mint("u1", role, channels=["sensors:*", "user:u1"])
+    refused = await open_ws(client, query(tok, "general"), handshake=False)
+    assert (await refused.closed())[0] == 4003
+    ws = await open_ws(client, query(tok, "sensors:1"))
+    assert (await ws.request({"type": "subscribe", "channel": "sensors:2"}))["type"] == "subscribed"
+    assert (await ws.request({"type": "subscribe", "channel": "user:u1"}))["type"] == "subscribed"
+    for channel in ("readings", "sensors", "general", "user:u2"):
+        reply = await ws.request({"type": "subscribe", "channel": channel})
+        assert reply["code"] == "forbidden", channel
+
+
+async def test_channels_claim_never_widens(client: TestClient):
+    tok = client.app[AUTH].mint("u1", "user", channels=["user:*", "ops", "*"])
+    ws = await open_ws(client, query(tok, "general"))
+    for channel in ("user:u2", "ops"):
+        assert (await ws.request({"type": "subscribe", "channel": channel}))["code"] == "forbidden"
+
+
+async def test_empty_channels_claim_allows_nothing(client: TestClient):
+    tok = client.app[AUTH].mint("u1", "admin", channels=[])
+    ws = await open_ws(client, query(tok, "general"), handshake=False)
+    assert (await ws.closed())[0] == 4003
