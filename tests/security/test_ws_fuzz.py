@@ -32,7 +32,10 @@ from server.ws.frames import ERROR_CODES
 from tests.conftest import WS, make_config, open_ws
 from tests.security.conftest import FUZZ_CASES
 
-FRAME_TYPES = ["subscribe", "unsubscribe", "publish", "ping", "request", "message", "typing"]
+FRAME_TYPES = [
+    "subscribe", "unsubscribe", "publish", "ping", "request", "message", "typing", "read",
+    "join_room",
+]  # fmt: skip
 _TABLE = operations_of(*OPERATION_FUNCTIONS)
 OPERATIONS = sorted(_TABLE)
 # Each operation's own argument names: payloads that get past the first check.
@@ -44,6 +47,7 @@ FIELDS = [
     "from", "to", "bucket", "horizon", "resolved", "name", "type", "model", "unit", "tipo",
     "modelo", "thresholds", "metadata", "latitude", "longitude", "description", "channel",
     "event", "message", "level", "since", "offset", "epoch", "snapshot", "data", "before",
+    "content", "is_typing", "room", "message_id", "payload",
 ]  # fmt: skip
 
 FUZZ_SETTINGS = settings(
@@ -125,13 +129,25 @@ def plausible(name: str) -> st.SearchStrategy[Any]:
         return st.dictionaries(texts, values, max_size=4) | st.lists(values, max_size=3)
     if name in ("latitude", "longitude"):
         return numbers
-    if name in ("resolved", "snapshot"):
-        return st.booleans()
+    if name in ("resolved", "snapshot", "is_typing"):
+        return st.booleans() | values
+    if name == "room":
+        return st.sampled_from(["lobby", "a" * 124, "bad room", ""]) | texts
     if name == "bucket":
         return st.sampled_from(["minute", "hour", "day", "1m", "5 minutes", "week", ""]) | texts
     if name == "channel":
-        return st.sampled_from(["general", "sensors:1", "user:x", "a" * 129, "Bad!"]) | texts
+        return (
+            st.sampled_from(["general", "sensors:1", "user:x", "chat:lobby", "a" * 129, "Bad!"])
+            | texts
+        )
     return texts
+
+
+# Frame fields with values of their own type: frames that get past the schema (a message
+# in a joined room, a typing flag, a read of a message id) and reach the services.
+plausible_payloads = st.lists(st.sampled_from(FIELDS), max_size=4, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({name: plausible(name) for name in names})
+)
 
 
 @st.composite
@@ -206,7 +222,7 @@ def frames(draw: st.DrawFn) -> str | bytes:
             payload["id"] = draw(st.integers(1, 3) | big_ints)
         frame["payload"] = payload if kind != 8 else draw(values)
     else:
-        frame.update(draw(payloads))
+        frame.update(draw(payloads | plausible_payloads))
     return json.dumps(frame, ensure_ascii=draw(st.booleans()))
 
 
