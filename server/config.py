@@ -159,6 +159,13 @@ class NotificationsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CompatConfig:
+    # /ws/{x}: a chat room (seeds 000 and 002, the default) or a client id (seed 003, whose
+    # room is `?room=`).
+    ws_path: Literal["room", "client_id"] = "room"
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     # Readings older than this many days are deleted every hour; 0 keeps them forever.
     readings_days: int = setting(30, validate.Range(min=0))
@@ -181,6 +188,7 @@ class Config:
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    compat: CompatConfig = field(default_factory=CompatConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Directory of the config file: relative paths (SQLite file, var/) resolve against it.

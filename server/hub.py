@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.bus import Bus, Position, Publication, Recovery
+from server.compat import Dialect
 from server.ws import frames
 from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
 
@@ -270,6 +271,7 @@ class Hub:
         for channel, subs in reached:
             payload = pub.payload(channel)
             wire = frames.text_frame(payload)
+            translated: dict[Dialect, bytes | None] | None = None
             # Nothing below changes `subs`: a dropped socket leaves it in its own cleanup.
             for conn in subs:
                 if seen is not None:
@@ -285,7 +287,16 @@ class Hub:
                         recovering[channel].append(pub)
                     continue
                 try:
-                    if conn.write(wire, payload):
+                    if conn.dialect is not None:
+                        # A seed client: translated once per dialect, not per socket.
+                        if translated is None:
+                            translated = {}
+                        if conn.dialect not in translated:
+                            translated[conn.dialect] = conn.dialect.encode(payload)
+                        data = translated[conn.dialect]
+                        if data is not None and conn.write(frames.text_frame(data), data):
+                            sent += 1
+                    elif conn.write(wire, payload):
                         sent += 1
                 except Exception:
                     # One broken socket must not stop the others, nor fail the publisher.

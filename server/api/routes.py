@@ -118,4 +118,4 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/api/v1/ws", endpoint.websocket)
     router.add_get("/api/v1/ws/secure", endpoint.websocket_secure)
     # The chat shortcut: joins chat:{room}.
-    router.add_get("/ws/{room}", endpoint.websocket)
+    router.add_get("/ws/{room}", endpoint.websocket_room)

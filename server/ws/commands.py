@@ -270,6 +270,8 @@ class Dispatcher:
                 raise InvalidJson(f"invalid JSON: {exc}") from None
             if not isinstance(raw, dict):
                 raise BadRequest("a frame must be a JSON object")
+            if conn.dialect is not None:
+                raw = conn.dialect.inbound(raw)
             frame_id = raw.get("id") if isinstance(raw.get("id"), str | int) else None
             kind = raw.get("type")
             cmd = self.commands.get(kind) if isinstance(kind, str) else None

@@ -25,6 +25,7 @@ from server.ws import frames
 if TYPE_CHECKING:
     from server.auth import Principal
     from server.bus import Publication
+    from server.compat import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Connection:
         "closer",
         "closing",
         "connected_at",
+        "dialect",
         "ip",
         "limit",
         "on_drop",
@@ -130,6 +132,8 @@ class Connection:
         self.rate = rate
         self.on_drop = on_drop
         self.connected_at = time.monotonic()
+        # A seed's protocol (server.compat), or None for the native one.
+        self.dialect: Dialect | None = None
         self.closing = False
         self.closer: asyncio.Task[bool] | None = None
         # channel -> first offset this connection receives there (live or recovered): a
@@ -228,6 +232,11 @@ class Connection:
 
     def send(self, payload: bytes) -> bool:
         """A frame for this socket only (replies, errors): framed here, same budget."""
+        if self.dialect is not None:
+            translated = self.dialect.encode(payload)
+            if translated is None:
+                return not self.closing
+            payload = translated
         return self.write(frames.text_frame(payload), payload)
 
     async def _send_compressed(self) -> None:

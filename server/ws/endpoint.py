@@ -8,6 +8,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
@@ -15,9 +16,11 @@ from multidict import MultiDict
 
 from server.api.middleware import bearer_token
 from server.api.respond import error_response
+from server.auth import Principal
 from server.channels import parse_channel_list
+from server.compat import Dialect
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
-from server.hub import HubStats, Member
+from server.hub import Hub, HubStats, Member
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
 from server.services.chat import check_room, room_channel
 from server.ws import frames
@@ -44,10 +47,47 @@ def client_ip(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-async def _serve(request: web.Request, token_required: bool) -> web.StreamResponse:
+class Entry:
+    """How a WebSocket route admits a socket: whether it needs a token, where its client_id
+    and channels come from, and which protocol (dialect) it speaks. Seed routes
+    (server.compat) are entries too."""
+
+    token_required = False
+    dialect: Dialect | None = None
+
+    def client_id(self, request: web.Request, query: MultiDict[str]) -> str | None:
+        return query.get("client_id")
+
+    def channels(
+        self, request: web.Request, query: MultiDict[str], principal: Principal
+    ) -> list[str]:
+        """Raises BadRequest for a bad name."""
+        return parse_channel_list(query.getall("channel", [])) or [DEFAULT_CHANNEL]
+
+    def joined(self, conn: Connection, hub: Hub) -> None:
+        """After the connect-time subscriptions: anything more the route's clients expect."""
+
+
+class SecureEntry(Entry):
+    token_required = True
+
+
+class RoomEntry(Entry):
+    """/ws/{room}: the room's chat channel first (what `connection.channel` names), then any
+    `?channel=`s."""
+
+    def channels(
+        self, request: web.Request, query: MultiDict[str], principal: Principal
+    ) -> list[str]:
+        room = room_channel(check_room(request.match_info["room"]))
+        extra = parse_channel_list(query.getall("channel", []))
+        return [room, *(ch for ch in extra if ch != room)]
+
+
+async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
     """The route handler. Its frame lives as long as the socket, so it keeps few locals and
     leaves the handshake to `_open`, whose frame is gone once the socket is registered."""
-    response, conn, channels = await _open(request, token_required)
+    response, conn, channels = await _open(request, entry)
     if conn is None:
         return response
     hub = request.app[HUB]
@@ -59,6 +99,7 @@ async def _serve(request: web.Request, token_required: bool) -> web.StreamRespon
                 await hub.announce_joined(channel, member)
         for channel, _ in channels:
             await dispatcher.join(conn, channel, counted=True)
+        entry.joined(conn, hub)
         # The read loop lives here, not in a function of its own: one frame less per socket.
         while not conn.closing:
             # receive() rather than `async for`: no __anext__ frame either.
@@ -87,8 +128,13 @@ async def _serve(request: web.Request, token_required: bool) -> web.StreamRespon
     return response
 
 
-websocket = functools.partial(_serve, token_required=False)
-websocket_secure = functools.partial(_serve, token_required=True)
+def route(entry: Entry) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    return functools.partial(_serve, entry=entry)
+
+
+websocket = route(Entry())
+websocket_secure = route(SecureEntry())
+websocket_room = route(RoomEntry())
 
 
 class Refusal(Exception):
@@ -101,7 +147,7 @@ class Refusal(Exception):
 
 
 async def _open(
-    request: web.Request, token_required: bool
+    request: web.Request, entry: Entry
 ) -> tuple[web.StreamResponse, Connection | None, list[tuple[str, Member | None]]]:
     """Handshake, then admission; a refused socket is closed with its code and reason."""
     config = request.app[CONFIG]
@@ -116,7 +162,7 @@ async def _open(
     )
     await ws.prepare(request)
     try:
-        conn, channels = _admit(request, ws, token_required)
+        conn, channels = _admit(request, ws, entry)
     except Refusal as refusal:
         # Accept then close: browsers cannot read the status of a refused handshake.
         await ws.close(code=refusal.code, message=refusal.reason.encode()[:120])
@@ -125,7 +171,7 @@ async def _open(
 
 
 def _admit(
-    request: web.Request, ws: web.WebSocketResponse, token_required: bool
+    request: web.Request, ws: web.WebSocketResponse, entry: Entry
 ) -> tuple[Connection, list[tuple[str, Member | None]]]:
     """Query checks and limits; registers the socket (counted in its channels' presence)
     and sends `connection`. Returns the channels to subscribe, each with the Member whose
@@ -136,21 +182,15 @@ def _admit(
     # Parsed here rather than via request.query, which would stay cached on the request
     # for the socket's whole life.
     query = MultiDict(parse_qsl(request.query_string, keep_blank_values=True))
-    client_id = query.get("client_id") or secrets.token_hex(8)
+    client_id = entry.client_id(request, query) or secrets.token_hex(8)
     if not CLIENT_ID_RE.fullmatch(client_id):
         raise Refusal(frames.CLOSE_BAD_REQUEST, "invalid client_id")
     token = bearer_token(request, query)
-    if token_required and not token:
+    if entry.token_required and not token:
         raise Refusal(frames.CLOSE_UNAUTHORIZED, "a token is required")
     try:
         principal = app[AUTH].resolve(token, query.get("user_id"), query.get("username"))
-        channels = parse_channel_list(query.getall("channel", []))
-        room = request.match_info.get("room")
-        if room is not None:
-            # /ws/{room}: that room first (it is what `connection.channel` names).
-            channel = room_channel(check_room(room))
-            channels = [channel, *(ch for ch in channels if ch != channel)]
-        channels = channels or [DEFAULT_CHANNEL]
+        channels = entry.channels(request, query, principal)
     except Unauthorized as exc:
         raise Refusal(frames.CLOSE_UNAUTHORIZED, exc.message) from None
     except BadRequest as exc:
@@ -176,6 +216,7 @@ def _admit(
     conn = Connection(
         ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop, hub.outbox
     )
+    conn.dialect = entry.dialect
     hub.add(conn)
     counted = [(channel, hub.count_in(conn, channel)) for channel in channels]
     log.info("connect %s user=%s ip=%s channels=%s", client_id, principal.sub, ip, channels)
