@@ -29,6 +29,8 @@ from server.ws.endpoint import close_all
 
 log = logging.getLogger(__name__)
 
+# API tokens shorter than this are accepted (seed demo tokens) but warned about.
+STRONG_TOKEN_LENGTH = 16
 # How often expired history is dropped from the in-memory ring buffers.
 HISTORY_TRIM_SECONDS = 30.0
 # How often readings past retention.readings_days are deleted.
@@ -60,6 +62,13 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_all)
     if config.auth.anonymous_writes:
         log.warning("auth.anonymous_writes is on: anyone who can reach this server may write")
+    for api_token in config.auth.api_tokens:
+        if len(api_token.token) < STRONG_TOKEN_LENGTH:
+            log.warning(
+                "API token %r is shorter than %d characters: anyone may guess it",
+                api_token.name,
+                STRONG_TOKEN_LENGTH,
+            )
     return app
 
 

@@ -126,6 +126,9 @@ async def open_ws(
     ws = WS(await client.ws_connect(path, **kw))
     if handshake:
         hello = await ws.recv_type("connection")
+        if path.startswith("/ws/"):
+            # The room route greets seed 002's clients before subscribing.
+            await ws.recv_type("connected")
         for _ in hello["subscriptions"]:
             await ws.recv_type("subscribed")
     return ws

@@ -69,12 +69,14 @@ async def room_connections(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     """Who is in a room: one entry per user, with how many sockets (tabs) they have there."""
     room = args["room"]
     members = ctx.services.chat.members(room)
+    sockets = sorted(ctx.hub.channels.get(room_channel(room), ()), key=lambda c: c.client_id)
     return {
         "room": room,
         "channel": room_channel(room),
         "users": [{**m.public(), "connections": m.sockets} for m in members],
         "count": len(members),
         "connections": sum(m.sockets for m in members),
+        "clients": [{"client_id": c.client_id, "user_id": c.member_id} for c in sockets],
     }
 
 

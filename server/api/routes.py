@@ -19,6 +19,7 @@ from server.api.middleware import (
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
+from server.compat.routes import seed_routes
 from server.errors import BadRequest, InvalidJson, ValidationFailed
 from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
 from server.ws import endpoint
@@ -51,7 +52,10 @@ async def read_json(request: web.Request, text_body: bool = False) -> Any:
         raise BadRequest("the body is neither JSON nor text in its charset") from None
 
 
-def rest_handler(op: Operation) -> Any:
+def rest_handler(op: Operation, status: int | None = None) -> Any:
+    """The REST view of an operation; `status` overrides its success status (seed aliases
+    whose clients check for another one)."""
+
     async def handle(request: web.Request) -> web.Response:
         app = request.app
         ctx = Ctx(request_principal(request), app[SERVICES], app[HUB], app[CONFIG])
@@ -75,7 +79,7 @@ def rest_handler(op: Operation) -> Any:
         # A create on a collection route names where the new object lives (SPEC §5).
         if op.status == 201 and "{" not in op.path and isinstance(result, dict) and "id" in result:
             headers = {"Location": f"{request.path.rstrip('/')}/{result['id']}"}
-        return json_response(result, status=op.status, headers=headers)
+        return json_response(result, status=status or op.status, headers=headers)
 
     handle.__name__ = f"{op.resource}_{op.action}"
     return json_errors(handle)
@@ -112,10 +116,11 @@ def setup_routes(app: web.Application) -> None:
     ]
     for op in operations.values():
         routes.append(router.add_route(op.method, op.path, rest_handler(op)))
-    for route in routes:
-        cors.add(route)
     # WebSocket routes: Origin is checked by the endpoint itself, before the upgrade.
     router.add_get("/api/v1/ws", endpoint.websocket)
     router.add_get("/api/v1/ws/secure", endpoint.websocket_secure)
-    # The chat shortcut: joins chat:{room}.
-    router.add_get("/ws/{room}", endpoint.websocket_room)
+    # Seed aliases, including /ws/{x} (the chat shortcut): SPEC §10.
+    notify_ok = rest_handler(operations[("notifications", "create")], status=200)
+    routes += seed_routes(app, notify_ok)
+    for route in routes:
+        cors.add(route)

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
-from server import __version__
+from server import __version__, codec
 from server.api.operations import Ctx, operation
 from server.api.respond import json_response
 from server.auth import WRITE_ROLES
@@ -129,6 +129,9 @@ async def health(request: web.Request) -> web.Response:
     healthy = all(c["status"] == "ok" for c in checks.values())
     body = {
         "status": "healthy" if healthy else "degraded",
+        # Seed 003's clients read `service` and `timestamp` too.
+        "service": "sensorcast",
+        "timestamp": codec.isotime(),
         "checks": checks,
         "connections": len(request.app[HUB].clients),
         "uptime": round(time.monotonic() - request.app[HUB].started_at, 3),

@@ -61,7 +61,8 @@ async def message(session: Session, frame: dict[str, Any]) -> None:
     stored = await chat.store_message(room, conn.member_id, conn.member_name, frame["content"])
     # Acknowledged once stored, before the room (the sender included) gets the message.
     session.reply("message_sent", frame["id"], message_id=stored["id"], data=stored)
-    await chat.announce(stored)
+    # The live frame also names the sending socket (seed 003's clients read client_id).
+    await chat.announce({**stored, "client_id": conn.client_id})
 
 
 @command("typing", TypingFrame)

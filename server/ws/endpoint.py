@@ -64,8 +64,9 @@ class Entry:
         """Raises BadRequest for a bad name."""
         return parse_channel_list(query.getall("channel", [])) or [DEFAULT_CHANNEL]
 
-    def joined(self, conn: Connection, hub: Hub) -> None:
-        """After the connect-time subscriptions: anything more the route's clients expect."""
+    def greet(self, conn: Connection, hub: Hub, channels: list[str]) -> None:
+        """Right after `connection` (the socket already counted in its channels' presence):
+        anything more the route's clients expect first."""
 
 
 class SecureEntry(Entry):
@@ -99,7 +100,6 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
                 await hub.announce_joined(channel, member)
         for channel, _ in channels:
             await dispatcher.join(conn, channel, counted=True)
-        entry.joined(conn, hub)
         # The read loop lives here, not in a function of its own: one frame less per socket.
         while not conn.closing:
             # receive() rather than `async for`: no __anext__ frame either.
@@ -134,7 +134,6 @@ def route(entry: Entry) -> Callable[[web.Request], Awaitable[web.StreamResponse]
 
 websocket = route(Entry())
 websocket_secure = route(SecureEntry())
-websocket_room = route(RoomEntry())
 
 
 class Refusal(Exception):
@@ -231,6 +230,7 @@ def _admit(
             heartbeat_interval=limits.heartbeat,
         )
     )
+    entry.greet(conn, hub, channels)
     # The caller subscribes them, after this frame: `connection` comes first on the wire.
     return conn, counted
 

@@ -28,11 +28,18 @@ async def test_ws_room_path_joins_chat_room_and_says_so(client: TestClient):
     ws = await open_ws(client, "/ws/lobby?user_id=7&username=Ana", handshake=False)
 
     hello = await ws.recv_type("connection")
+    connected = await ws.recv_type("connected")
     subscribed = await ws.recv_type("subscribed")
 
     assert hello["channel"] == "chat:lobby"
     assert hello["subscriptions"] == ["chat:lobby"]
     assert hello["user"] == {"id": "7", "name": "Ana", "role": "anonymous"}
+    # Seed 002's greeting: the room and who is there, self included.
+    assert connected["room_id"] == "lobby"
+    assert connected["data"] == {
+        "room_id": "lobby",
+        "active_users": [{"user_id": "7", "username": "Ana"}],
+    }
     assert subscribed["channel"] == "chat:lobby"
     assert subscribed["presence"] == [{"user_id": "7", "username": "Ana"}]
 
@@ -90,6 +97,7 @@ async def test_presence_counts_users_not_tabs(client: TestClient, connect: Conne
     await ana.recv_type("user_joined")
     bob_tab2 = await open_ws(client, "/ws/tabs?user_id=2&username=Bob", handshake=False)
     await bob_tab2.recv_type("connection")
+    await bob_tab2.recv_type("connected")
     second = await bob_tab2.recv_type("subscribed")
     assert second["presence"] == [
         {"user_id": "1", "username": "Ana"},
@@ -99,7 +107,9 @@ async def test_presence_counts_users_not_tabs(client: TestClient, connect: Conne
 
     resp = await client.get("/api/v1/rooms/tabs/connections")
     assert resp.status == 200
-    assert await resp.json() == {
+    body = await resp.json()
+    assert sorted(c["user_id"] for c in body.pop("clients")) == ["1", "2", "2"]
+    assert body == {
         "room": "tabs",
         "channel": "chat:tabs",
         "users": [
@@ -230,6 +240,7 @@ async def test_history_on_join_comes_after_subscribed_oldest_first(
 
     late = await open_ws(client, "/ws/h?user_id=2&username=Bob", handshake=False)
     await late.recv_type("connection")
+    await late.recv_type("connected")
     await late.recv_type("subscribed")
     history = [await late.recv_type("message") for _ in range(3)]
 
@@ -358,6 +369,7 @@ async def test_presence_already_counts_a_socket_when_it_reads_connection(
     monkeypatch.setattr(chat, "recent", slow_history)
     ws = await open_ws(client, "/ws/early?user_id=1&username=Ana", handshake=False)
     await ws.recv_type("connection")
+    await ws.recv_type("connected")
 
     resp = await client.get("/api/v1/rooms/early/connections")
     looked.set()
@@ -377,6 +389,7 @@ async def test_join_without_history_when_the_database_fails_then_chat_goes_on(
     monkeypatch.setattr(chat, "recent", broken)
     ws = await open_ws(client, "/ws/down?user_id=1", handshake=False)
     await ws.recv_type("connection")
+    await ws.recv_type("connected")
     await ws.recv_type("subscribed")
 
     error = await ws.recv_type("error")

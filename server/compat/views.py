@@ -1,0 +1,35 @@
+"""Shared pieces of the seed views: who is connected, in the shapes seed clients read."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from server import codec
+from server.hub import Hub
+from server.services.chat import room_of
+from server.ws.connection import Connection
+
+
+def connected_at(conn: Connection) -> str:
+    """When the socket connected, as wall-clock ISO time."""
+    return codec.isotime(codec.utcnow() - timedelta(seconds=time.monotonic() - conn.connected_at))
+
+
+def current_room(conn: Connection) -> str | None:
+    """The chat room the socket joined last, if any."""
+    for channel in reversed(conn.subscriptions):
+        if (room := room_of(channel)) is not None:
+            return room
+    return None
+
+
+def rooms(hub: Hub) -> dict[str, dict[str, int]]:
+    """room -> {connections, users}, from the hub's presence on chat channels."""
+    out: dict[str, dict[str, int]] = {}
+    for channel, members in sorted(hub.presence.items()):
+        room = room_of(channel)
+        if room is not None:
+            sockets = sum(m.sockets for m in members.values())
+            out[room] = {"connections": sockets, "users": len(members)}
+    return out
