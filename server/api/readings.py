@@ -203,6 +203,8 @@ class AnomalyIn(Schema):
 async def create_readings(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     """Store one reading, flat metrics or a batch; anomalies are stored before the 201."""
     readings, batch = parse_readings(args["body"], codec.utcnow())
+    if ctx.principal.role == "device":
+        await ctx.services.sensors.check_device((r[0] for r in readings), ctx.principal.sub)
     return await ctx.services.readings.ingest(readings, batch)
 
 

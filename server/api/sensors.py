@@ -127,6 +127,11 @@ class SensorIn(Schema):
         values=fields.Nested(ThresholdIn),
     )
     metadata = fields.Dict(keys=fields.String())
+    device = fields.String(
+        allow_none=True,
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "the `sub` of the device token that posts its readings"},
+    )
 
     @validates_schema
     def _aliases(self, data: dict[str, Any], partial: Any = None, **kwargs: Any) -> None:

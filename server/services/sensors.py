@@ -8,14 +8,14 @@ subscriber never hears of something a reader could not yet see.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from server import codec
 from server.bus import Bus
-from server.errors import NotFound, ValidationFailed
+from server.errors import Forbidden, NotFound, ValidationFailed
 from server.services.paging import decode_id_cursor, encode_cursor
 from server.storage import IntegrityError, Row, Storage
 from server.storage import sensors as queries
@@ -52,6 +52,7 @@ def sensor_object(row: Row) -> dict[str, Any]:
         "updated_at": codec.isotime(row["updated_at"]),
         "tipo": row["type"],
         "modelo": row["model"],
+        "device": row["device"],
     }
 
 
@@ -145,6 +146,15 @@ class SensorsService:
         self, sensor_id: int, values: Mapping[str, Any], by: Principal
     ) -> dict[str, Any]:
         return await self._update(SENSOR, sensor_id, values, by)
+
+    async def check_device(self, sensor_ids: Iterable[int], device: str) -> None:
+        """Forbidden unless every existing sensor among these belongs to `device`."""
+        foreign = await queries.select_not_of_device(self.storage, sensor_ids, device)
+        if foreign:
+            raise Forbidden(
+                f"device {device!r} may only post readings for its own sensors",
+                {"sensor_ids": foreign},
+            )
 
     async def delete_sensor(self, sensor_id: int, by: Principal) -> None:
         """Its readings, anomalies and predictions go with it (ON DELETE CASCADE)."""

@@ -8,14 +8,23 @@ WHERE clauses come from the fixed tuples below, never from input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from server.storage import Row, StorageError, Tx
 
 LOCATION_COLUMNS = ("name", "description", "latitude", "longitude", "metadata")
-SENSOR_COLUMNS = ("name", "type", "model", "unit", "location_id", "thresholds", "metadata")
+SENSOR_COLUMNS = (
+    "name",
+    "type",
+    "model",
+    "unit",
+    "location_id",
+    "thresholds",
+    "metadata",
+    "device",
+)
 # Equality filters a sensor list may carry.
 SENSOR_FILTERS = ("location_id", "type")
 
@@ -77,3 +86,15 @@ async def select_page(
     where = "".join(f" AND {c} = ?" for c in columns)
     sql = f"SELECT * FROM {table} WHERE id > ?{where} ORDER BY id LIMIT ?"
     return await tx.fetch(sql, after, *[filters[c] for c in columns], limit)
+
+
+async def select_not_of_device(tx: Tx, sensor_ids: Iterable[int], device: str) -> list[int]:
+    """Which of these sensors (that exist) do not belong to `device`."""
+    ids = sorted(set(sensor_ids))
+    marks = ", ".join("?" * len(ids))
+    rows = await tx.fetch(
+        f"SELECT id FROM sensors WHERE id IN ({marks}) AND (device IS NULL OR device <> ?)",
+        *ids,
+        device,
+    )
+    return sorted(r["id"] for r in rows)

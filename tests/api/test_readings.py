@@ -29,8 +29,9 @@ def config(open_db: Opener, tmp_path: Path) -> Config:  # noqa: F811
 
 async def add_sensor(client: TestClient, thresholds: dict[str, Any] | None = None) -> int:
     storage = client.app[SERVICES].storage
-    sql = "INSERT INTO sensors (type, thresholds) VALUES (?, ?) RETURNING id"
-    return int(await storage.fetchval(sql, "temperature", thresholds or {}))
+    # Owned by "tester", the `token` fixture's default sub: its device tokens may post here.
+    sql = "INSERT INTO sensors (type, thresholds, device) VALUES (?, ?, ?) RETURNING id"
+    return int(await storage.fetchval(sql, "temperature", thresholds or {}, "tester"))
 
 
 async def stored(client: TestClient) -> list[tuple[int, str, str, float]]:
@@ -368,3 +369,38 @@ async def test_aggregate_with_a_bad_bucket_or_no_metric_is_422(client, token: Mi
     resp = await client.get(f"/api/v1/sensors/{sid}/readings/aggregate", params=params)
 
     await error_of(resp, 422, "bad_request")
+
+
+async def test_a_device_posts_only_for_its_own_sensors(client, token: Mint):
+    own = await add_sensor(client)
+    storage = client.app[SERVICES].storage
+    sql = "INSERT INTO sensors (type, device) VALUES (?, ?) RETURNING id"
+    foreign = int(await storage.fetchval(sql, "t", "other-device"))
+    unowned = int(await storage.fetchval("INSERT INTO sensors (type) VALUES (?) RETURNING id", "t"))
+    batch = [
+        {"sensor_id": own, "timestamp": T0, "values": {"t": 1.0}},
+        {"sensor_id": foreign, "timestamp": T0, "values": {"t": 2.0}},
+        {"sensor_id": unowned, "timestamp": T0, "values": {"t": 3.0}},
+    ]
+
+    refused = await post(client, batch, token("device"))
+    accepted = await post(client, batch[:1], token("device"))
+    as_service = await post(client, batch[1:], token("service"))
+
+    error = await error_of(refused, 403, "forbidden")
+    assert error["details"] == {"sensor_ids": sorted([foreign, unowned])}
+    assert accepted.status == 201
+    assert as_service.status == 201
+    assert [r[0] for r in await stored(client)] == sorted([own, foreign, unowned])
+
+
+async def test_sensor_device_is_set_and_shown_over_rest(client, token: Mint):
+    headers = auth_header(token("admin"))
+    body = {"type": "temperature", "device": "gateway-7"}
+    created = await (await client.post("/api/v1/sensors", json=body, headers=headers)).json()
+    device_token = token("device", "gateway-7")
+
+    resp = await post(client, {"sensor_id": created["id"], "values": {"t": 1}}, device_token)
+
+    assert created["device"] == "gateway-7"
+    assert resp.status == 201

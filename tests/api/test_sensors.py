@@ -19,7 +19,7 @@ from tests.conftest import Connect
 
 SENSOR_KEYS = {
     "id", "name", "type", "model", "unit", "location_id", "thresholds", "metadata",
-    "created_at", "updated_at", "tipo", "modelo",
+    "created_at", "updated_at", "tipo", "modelo", "device",
 }  # fmt: skip
 EVENT_KEYS = ("entity_type", "event_type", "entity_id", "data", "metadata")
 

@@ -40,8 +40,9 @@ async def client(aiohttp_client: Any, tmp_path: Path) -> TestClient:
 @pytest.fixture
 async def sensor_id(client: TestClient) -> int:
     storage = client.app[SERVICES].storage
-    sql = "INSERT INTO sensors (type, thresholds) VALUES (?, ?) RETURNING id"
-    return int(await storage.fetchval(sql, "temperature", {}))
+    # Owned by the matrix's device token, so `device` may post its readings.
+    sql = "INSERT INTO sensors (type, thresholds, device) VALUES (?, ?, ?) RETURNING id"
+    return int(await storage.fetchval(sql, "temperature", {}, "device-1"))
 
 
 def token_for(client: TestClient, role: str) -> str | None:

@@ -304,6 +304,7 @@ SCHEMA = {
         "metadata",
         "created_at",
         "updated_at",
+        "device",
     ],
     "readings": ["sensor_id", "ts", "metric", "value"],
     "anomalies": [
