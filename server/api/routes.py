@@ -19,6 +19,7 @@ from server.api.middleware import (
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
+from server.compat import seed001
 from server.errors import BadRequest, InvalidJson, ValidationFailed
 from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
 from server.ws import endpoint
@@ -119,3 +120,5 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/api/v1/ws/secure", endpoint.websocket_secure)
     # The chat shortcut: joins chat:{room}.
     router.add_get("/ws/{room}", endpoint.websocket_room)
+    # Seed 001's clients (request/response/event envelopes): SPEC §10.
+    router.add_get("/ws", seed001.websocket(app[CONFIG].compat))
