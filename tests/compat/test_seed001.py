@@ -259,3 +259,21 @@ async def test_idle_socket_is_closed_and_an_active_one_is_not(make_client: Any):
     assert (code, reason) == (4008, "idle timeout")
     pong = await active.request({"type": "ping"})
     assert pong["type"] == "pong"
+
+
+async def test_conversations_get_answers_it_and_joins_its_room(client: TestClient):
+    await client.app[SERVICES].chat.broadcast("conv123", "hola")
+    ws = await seed_ws(client)
+
+    reply = await request(ws, "conversations", "get", conversation_id="conv123")
+    joined = await next_event(ws, "subscribed")
+
+    assert reply["payload"]["conversation"]["id"] == "conv123"
+    assert reply["payload"]["conversation"]["messages"] == 1
+    assert joined["payload"]["data"]["channel"] == "chat:conv123"
+
+
+async def test_users_me_is_the_token_user(client: TestClient):
+    ws = await seed_ws(client, sub="ana")
+    reply = await request(ws, "users", "me")
+    assert reply["payload"]["user"]["id"] == "ana"
