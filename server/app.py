@@ -17,6 +17,7 @@ from server.auth import Authenticator
 from server.bus import Bus
 from server.bus.local import LocalBackend
 from server.channels import ChannelPolicy
+from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
 from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
@@ -54,7 +55,8 @@ def create_app(config: Config) -> web.Application:
         config,
         app[OPERATIONS],
         services=lambda: app[SERVICES],
-        commands=(*commands.COMMANDS, *chat.COMMANDS),
+        commands=(*commands.COMMANDS, *chat.COMMANDS, *seed001.COMMANDS),
+        adopt=seed001.adopt,
     )
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)

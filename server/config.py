@@ -170,6 +170,9 @@ class CompatConfig:
     # /ws/{x}: a chat room (seeds 000 and 002, the default) or a client id (seed 003, whose
     # room is `?room=`).
     ws_path: Literal["room", "client_id"] = "room"
+    # Seed 001's `GET /ws`: seconds without a client frame before the socket is closed
+    # (4008 "idle timeout"), as that seed did after 5 minutes; 0 = never.
+    idle_timeout: float = setting(300.0, validate.Range(min=0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from server.api.middleware import (
 from server.api.openapi import build_openapi
 from server.api.operations import Ctx, Operation, operations_of
 from server.api.respond import JSON, json_response
+from server.compat import seed001
 from server.compat.routes import seed_routes
 from server.errors import BadRequest, InvalidJson, ValidationFailed
 from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
@@ -119,6 +120,8 @@ def setup_routes(app: web.Application) -> None:
     # WebSocket routes: Origin is checked by the endpoint itself, before the upgrade.
     router.add_get("/api/v1/ws", endpoint.websocket)
     router.add_get("/api/v1/ws/secure", endpoint.websocket_secure)
+    # Seed 001's clients (request/response/event envelopes): SPEC §10.
+    router.add_get("/ws", seed001.websocket(app[CONFIG].compat))
     # Seed aliases, including /ws/{x} (the chat shortcut): SPEC §10.
     notify_ok = rest_handler(operations[("notifications", "create")], status=200)
     routes += seed_routes(app, notify_ok)

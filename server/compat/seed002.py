@@ -1,5 +1,5 @@
 """Seed 002 (chat, phase 2): `WS /ws/{room_id}?user_id&username` is the native room route;
-its clients also read `connected {data:{room_id, active_users}}` first (sent right after
+its clients also read `connected {data:{room_id, active_users:[usernames]}}` first (sent right after
 `connection`, before `subscribed`), and `GET /ws/stats`."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class ChatRoomEntry(RoomEntry):
     def greet(self, conn: Connection, hub: Hub, channels: list[str]) -> None:
         channel = channels[0]  # the room's: RoomEntry puts it first
         room = channel.partition(":")[2]
-        users = [m.public() for m in hub.members(channel)]
+        users = [m.username for m in hub.members(channel)]
         data = {"room_id": room, "active_users": users}
         conn.send(frames.encode("connected", room_id=room, data=data))
 

@@ -33,6 +33,7 @@ from server.storage import StorageError
 from server.ws import frames
 
 if TYPE_CHECKING:
+    from server.compat import Dialect
     from server.config import Config
     from server.hub import Hub
     from server.services import Services
@@ -231,6 +232,7 @@ class Dispatcher:
         operations: dict[tuple[str, str], Operation],
         services: Callable[[], Services],
         commands: tuple[Command, ...] = COMMANDS,
+        adopt: Callable[[dict[str, Any]], Dialect | None] | None = None,
     ) -> None:
         self.hub = hub
         self.policy = policy
@@ -238,6 +240,8 @@ class Dispatcher:
         self.operations = operations
         self.services = services
         self.commands = {c.type: c for c in commands}
+        # A native socket's first frame in a seed's protocol switches it to that dialect.
+        self.adopt = adopt
 
     async def join(
         self,
@@ -270,6 +274,8 @@ class Dispatcher:
                 raise InvalidJson(f"invalid JSON: {exc}") from None
             if not isinstance(raw, dict):
                 raise BadRequest("a frame must be a JSON object")
+            if conn.dialect is None and self.adopt is not None:
+                conn.dialect = self.adopt(raw)
             if conn.dialect is not None:
                 raw = conn.dialect.inbound(raw)
             frame_id = raw.get("id") if isinstance(raw.get("id"), str | int) else None

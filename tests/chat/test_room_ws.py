@@ -36,10 +36,7 @@ async def test_ws_room_path_joins_chat_room_and_says_so(client: TestClient):
     assert hello["user"] == {"id": "7", "name": "Ana", "role": "anonymous"}
     # Seed 002's greeting: the room and who is there, self included.
     assert connected["room_id"] == "lobby"
-    assert connected["data"] == {
-        "room_id": "lobby",
-        "active_users": [{"user_id": "7", "username": "Ana"}],
-    }
+    assert connected["data"] == {"room_id": "lobby", "active_users": ["Ana"]}
     assert subscribed["channel"] == "chat:lobby"
     assert subscribed["presence"] == [{"user_id": "7", "username": "Ana"}]
 

@@ -24,10 +24,7 @@ async def test_connected_lists_active_users(client: TestClient):
 
     connected = await ws.recv_type("connected")
 
-    assert connected["data"]["active_users"] == [
-        {"user_id": "1", "username": "Alice"},
-        {"user_id": "2", "username": "Bob"},
-    ]
+    assert connected["data"]["active_users"] == ["Alice", "Bob"]
 
 
 async def test_message_flow_ack_then_room_broadcast(client: TestClient):
