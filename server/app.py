@@ -21,7 +21,7 @@ from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
 from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
-from server.services import create_services
+from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
 from server.storage.readings import delete_readings_before
@@ -100,9 +100,9 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Background jobs; at shutdown they are given shutdown_timeout to finish."""
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
     await scheduler.spawn(_trim_history(app[BUS]), name="history-trim")
-    days = app[CONFIG].retention.readings_days
-    if days:
-        await scheduler.spawn(_expire_readings(app[SERVICES].storage, days), name="retention")
+    await scheduler.spawn(
+        _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
+    )
     yield
     await scheduler.close()
 
@@ -124,11 +124,16 @@ async def expire_readings(storage: Storage, days: int) -> int:
     return deleted
 
 
-async def _expire_readings(storage: Storage, days: int) -> None:
-    # First pass at start: a server restarted more often than hourly still trims.
+async def _retention(services: Services, days: int) -> None:
+    """Hourly: readings past retention.readings_days, notifications past
+    notifications.history_size. First pass at start: a server restarted more often than
+    hourly still trims."""
     while True:
         try:
-            await expire_readings(storage, days)
+            await expire_readings(services.storage, days)
+            trimmed = await services.notifications.trim()
+            if trimmed:
+                log.info("retention deleted %d notifications past history_size", trimmed)
         except StorageError as exc:
             log.warning("retention skipped this pass: %s", exc)
         await asyncio.sleep(RETENTION_SECONDS)

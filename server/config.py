@@ -163,6 +163,8 @@ class NotificationsConfig:
     # Ordered: the first rule that matches names the channel; none matches -> default_channel.
     routes: list[NotificationRoute] = field(default_factory=lambda: list(DEFAULT_ROUTES))
     default_channel: str = "general"
+    # Stored notifications kept (the newest); older ones are deleted hourly. 0 = keep all.
+    history_size: int = setting(10000, validate.Range(min=0))
 
 
 @dataclass(frozen=True, slots=True)

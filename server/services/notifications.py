@@ -98,3 +98,10 @@ class NotificationService:
         )
         cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
         return {"items": [notification_object(r) for r in rows[:limit]], "next_cursor": cursor}
+
+    async def trim(self) -> int:
+        """Keep the newest `history_size` stored notifications (0: all); returns how many
+        were deleted."""
+        if not self.config.history_size:
+            return 0
+        return await queries.delete_beyond(self.storage, self.config.history_size)

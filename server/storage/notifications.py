@@ -48,3 +48,13 @@ async def select_notifications(
     if where:
         sql += " WHERE " + " AND ".join(where)
     return await db.fetch(sql + " ORDER BY id DESC LIMIT ?", *args, limit)
+
+
+async def delete_beyond(db: Tx, keep: int) -> int:
+    """Delete all but the newest `keep` notifications; returns how many went."""
+    rows = await db.fetch(
+        "DELETE FROM notifications WHERE id <="
+        " (SELECT id FROM notifications ORDER BY id DESC LIMIT 1 OFFSET ?) RETURNING id",
+        keep,
+    )
+    return len(rows)

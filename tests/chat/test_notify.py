@@ -188,3 +188,21 @@ def test_routes_are_tried_in_order_with_placeholders():
     assert service.route("tema.nuevo", {"temaId": 3}) == "chat:tema_3"
     assert service.route("tema.nuevo", {}) == "general"
     assert service.route("other", {"usuarioId": 7}) == "general"
+
+
+async def test_trim_keeps_the_newest_history_size(client: TestClient, token: Mint):
+    for i in range(5):
+        await notify(client, token(), {"event": f"e{i}", "payload": {}})
+    services = client.app[SERVICES]
+    keep_three = NotificationService(
+        services.storage, services.notifications.bus, NotificationsConfig(history_size=3)
+    )
+    keep_all = NotificationService(
+        services.storage, services.notifications.bus, NotificationsConfig(history_size=0)
+    )
+
+    assert await keep_all.trim() == 0
+    assert await keep_three.trim() == 2
+    assert await keep_three.trim() == 0
+    rows = await services.storage.fetch("SELECT event FROM notifications ORDER BY id")
+    assert [r["event"] for r in rows] == ["e2", "e3", "e4"]
