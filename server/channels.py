@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 
 from marshmallow import ValidationError
@@ -31,12 +32,20 @@ def check_channel(name: object) -> str:
     return name
 
 
-def validate_channel(value: str) -> None:
-    """check_channel as a marshmallow validator: the reason is reported under the field."""
-    try:
-        check_channel(value)
-    except BadRequest as exc:
-        raise ValidationError(exc.message) from None
+def as_validator(check: Callable[[str], object]) -> Callable[[str], None]:
+    """A check that raises BadRequest as a marshmallow validator: the reason is reported
+    under the field."""
+
+    def validator(value: str) -> None:
+        try:
+            check(value)
+        except BadRequest as exc:
+            raise ValidationError(exc.message) from None
+
+    return validator
+
+
+validate_channel = as_validator(check_channel)
 
 
 def namespace(channel: str) -> str:

@@ -19,9 +19,9 @@ from server.api.respond import json_response
 from server.auth import WRITE_ROLES, Principal
 from server.channels import parse_channel_list
 from server.compat import Dialect
-from server.compat.views import connected_at, current_room
+from server.compat.views import connected_at
 from server.keys import HUB, SERVICES
-from server.services.chat import check_room, room_channel, room_of
+from server.services.chat import check_room, last_room, room_channel, room_of
 from server.ws.endpoint import Entry
 
 DEFAULT_ROOM = "general"
@@ -100,7 +100,7 @@ async def stats(request: web.Request) -> web.Response:
     rooms: dict[str, int] = {}
     clients = []
     for conn in hub.clients.values():
-        room = current_room(conn)
+        room = last_room(conn.subscriptions)
         if room is not None:
             rooms[room] = rooms.get(room, 0) + 1
         clients.append(

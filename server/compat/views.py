@@ -16,14 +16,6 @@ def connected_at(conn: Connection) -> str:
     return codec.isotime(codec.utcnow() - timedelta(seconds=time.monotonic() - conn.connected_at))
 
 
-def current_room(conn: Connection) -> str | None:
-    """The chat room the socket joined last, if any."""
-    for channel in reversed(conn.subscriptions):
-        if (room := room_of(channel)) is not None:
-            return room
-    return None
-
-
 def rooms(hub: Hub) -> dict[str, dict[str, int]]:
     """room -> {connections, users}, from the hub's presence on chat channels."""
     out: dict[str, dict[str, int]] = {}

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
-
-from marshmallow import ValidationError
 
 from server import codec
 from server.bus import Bus
+from server.channels import as_validator
 from server.config import ChatConfig
 from server.errors import BadRequest, NotFound, ValidationFailed
 from server.hub import Member
@@ -46,12 +45,16 @@ def check_room(room: str) -> str:
     return room
 
 
-def validate_room(value: str) -> None:
-    """check_room as a marshmallow validator: the reason is reported under the field."""
-    try:
-        check_room(value)
-    except BadRequest as exc:
-        raise ValidationError(exc.message) from None
+validate_room = as_validator(check_room)
+
+
+def last_room(channels: Iterable[str]) -> str | None:
+    """The room of the last chat channel among a socket's (ordered) subscriptions: the room
+    it joined last."""
+    for channel in reversed(list(channels)):
+        if (room := room_of(channel)) is not None:
+            return room
+    return None
 
 
 def message_object(row: Row) -> dict[str, Any]:

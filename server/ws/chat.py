@@ -12,7 +12,7 @@ from marshmallow import fields, validate
 
 from server.channels import validate_channel
 from server.errors import BadRequest, Conflict, Forbidden
-from server.services.chat import room_channel, room_of, validate_room
+from server.services.chat import last_room, room_channel, room_of, validate_room
 from server.ws.commands import Frame, Session, command
 from server.ws.connection import Connection
 
@@ -46,10 +46,9 @@ def current_room(conn: Connection, channel: str | None) -> str:
         if channel not in conn.subscriptions:
             raise Forbidden(f"join {channel} first (join_room or subscribe)")
         return room
-    # Subscriptions keep their order: the last chat channel is the room joined last.
-    for subscribed in reversed(conn.subscriptions):
-        if (room := room_of(subscribed)) is not None:
-            return room
+    room = last_room(conn.subscriptions)
+    if room is not None:
+        return room
     raise BadRequest("not in a chat room: send join_room {room} or subscribe chat:{room}")
 
 
