@@ -2,11 +2,12 @@
 anomalies: list and resolve. Pure of HTTP.
 
 Ingest takes readings api/readings.py has already parsed (shape, numbers, timestamps),
-checks the sensors and their thresholds, stores every metric row in one copy_rows and the
-anomalies in the same transaction, and publishes after the commit: per reading an
-`entity_event` reading on `readings`, `readings:{id}`, `sensors:{id}`, followed by the
-anomalies it raised. An unknown sensor_id is a 422 like any other bad field (it is part of
-the body, not the URL), under the item's index in a batch: `{"3": {"sensor_id": [...]}}`.
+checks the sensors and their thresholds, stores the readings (a row each, metrics as JSON)
+in one copy_rows and the anomalies in the same transaction, and publishes after the
+commit: per reading an `entity_event` reading on `readings`, `readings:{id}`,
+`sensors:{id}`, followed by the anomalies it raised. An unknown sensor_id is a 422 like
+any other bad field (it is part of the body, not the URL), under the item's index in a
+batch: `{"3": {"sensor_id": [...]}}`.
 """
 
 from __future__ import annotations
@@ -145,10 +146,9 @@ class ReadingService:
         self.anomalies = AnomalyService(storage, bus)
 
     async def ingest(self, readings: list[Reading], batch: bool) -> dict[str, Any]:
-        """Store (metric rows and anomalies in one transaction), then publish. `batch`:
+        """Store (readings and anomalies in one transaction), then publish. `batch`:
         errors are keyed by the item's index."""
         sensors = await queries.sensor_thresholds(self.storage, {r[0] for r in readings})
-        rows: list[tuple[int, datetime, str, float]] = []
         found: list[tuple[int, int, str, float, Any, Any, datetime]] = []
         unknown: dict[str, Any] = {}
         for index, (sensor_id, ts, values) in enumerate(readings):
@@ -157,8 +157,9 @@ class ReadingService:
                 if len(unknown) < MAX_ERRORS:
                     unknown[str(index)] = {"sensor_id": [f"Unknown sensor {sensor_id}."]}
                 continue
+            if not thresholds:
+                continue
             for metric, value in values.items():
-                rows.append((sensor_id, ts, metric, value))
                 if metric in thresholds:
                     low = _bound(thresholds[metric], "min")
                     high = _bound(thresholds[metric], "max")
@@ -167,7 +168,7 @@ class ReadingService:
         if unknown:
             raise ValidationFailed(details=unknown if batch else unknown["0"])
         try:
-            stored = await queries.store_readings(self.storage, rows, [a[1:] for a in found])
+            stored = await queries.store_readings(self.storage, readings, [a[1:] for a in found])
         except IntegrityError:
             # A sensor deleted between the check above and the insert: nothing was stored.
             raise ValidationFailed(

@@ -36,7 +36,7 @@ TABLES_SQL = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' "
     "AND name NOT LIKE 'sqlite_%' ORDER BY name",
     "postgres": "SELECT table_name AS name FROM information_schema.tables "
-    "WHERE table_schema = current_schema() ORDER BY table_name",
+    "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name",
 }
 COLUMNS_SQL = {
     "sqlite": "SELECT name FROM pragma_table_info(?) ORDER BY cid",
@@ -305,7 +305,7 @@ SCHEMA = {
         "created_at",
         "updated_at",
     ],
-    "readings": ["sensor_id", "ts", "metric", "value"],
+    "readings": ["sensor_id", "ts", "metrics"],
     "anomalies": [
         "id",
         "sensor_id",
@@ -378,8 +378,8 @@ async def test_every_table_takes_and_returns_a_row(migrated):
     )
     assert await db.copy_rows(
         "readings",
-        ["sensor_id", "ts", "metric", "value"],
-        [(sensor, now, "temperature", 21.5), (sensor, now, "humidity", 40.0)],
+        ["sensor_id", "ts", "metrics"],
+        [(sensor, now, {"temperature": 21.5, "humidity": 40.0})],
     )
     anomaly = await db.fetchval(
         "INSERT INTO anomalies (sensor_id, metric, value, min, max, ts) "
@@ -439,7 +439,8 @@ async def test_every_table_takes_and_returns_a_row(migrated):
     assert row["metadata"] == {}
     assert row["name"] is None
     readings = await db.fetch(
-        "SELECT metric, value, ts FROM readings WHERE sensor_id = ? AND ts <= ? ORDER BY metric",
+        "SELECT metric, value, ts FROM reading_values WHERE sensor_id = ? AND ts <= ?"
+        " ORDER BY metric",
         sensor,
         now,
     )
@@ -469,7 +470,7 @@ async def test_schema_constraints_cascade_and_refuse(migrated):
         "INSERT INTO sensors (type, location_id) VALUES ('t', ?) RETURNING id", location
     )
     await db.copy_rows(
-        "readings", ["sensor_id", "ts", "metric", "value"], [(sensor, datetime.now(UTC), "t", 1.0)]
+        "readings", ["sensor_id", "ts", "metrics"], [(sensor, datetime.now(UTC), {"t": 1.0})]
     )
     await db.execute(
         "INSERT INTO users (username, password_hash, role) VALUES ('ann', 'h', 'user')"
@@ -485,6 +486,13 @@ async def test_schema_constraints_cascade_and_refuse(migrated):
         )
     with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
         await db.execute("INSERT INTO messages (room, content) VALUES ('nowhere', 'x')")
+    with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
+        # PostgreSQL checks this per statement (a trigger), SQLite per row (a foreign key).
+        await db.copy_rows(
+            "readings",
+            ["sensor_id", "ts", "metrics"],
+            [(sensor + 1, datetime.now(UTC), {"t": 2.0})],
+        )
 
     await db.execute("DELETE FROM locations WHERE id = ?", location)
     assert await db.fetchval("SELECT location_id FROM sensors WHERE id = ?", sensor) is None
@@ -514,7 +522,6 @@ INDEXES_SQL = {
 INDEXES = {
     "sensors_location",
     "readings_sensor_ts",
-    "readings_sensor_metric_ts",
     "anomalies_sensor_resolved",
     "predictions_sensor",
     "messages_room_id",
