@@ -220,3 +220,29 @@ def test_parsing_a_thousand_readings_is_fast():
     assert (len(readings), batch_flag) == (1000, True)
     # 20 batches of 1,000 readings: a per-item marshmallow schema would take ~1 s here.
     assert (datetime.now(UTC) - started).total_seconds() < 0.5
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2024-05-01T12:00:00.250Z",
+        "2024-05-01T12:00:00.000Z",
+        "2024-05-01T14:00:00.250+02:00",
+        "2024-05-01T12:00:00.25Z",
+        "2024-05-01T12:00:00.000001Z",
+        "2024-05-01 12:00:00.250Z",
+        "2024-05-01T12:00:00Z",
+        1714564800.25,
+        1714564800,
+    ],
+)
+def test_the_event_text_of_a_timestamp_is_iso_of_it_whatever_its_form(stamp):
+    (parsed,), _ = parse_readings([{"sensor_id": 1, "timestamp": stamp, "t": 1}], NOW)
+
+    assert parsed[3] == iso(parse_time(stamp)) == iso(parsed[1])
+
+
+def test_a_reading_without_timestamp_gets_the_request_time_as_text():
+    (parsed,), _ = parse_readings({"sensor_id": 1, "t": 1}, NOW)
+
+    assert parsed[1:] == (NOW, {"t": 1.0}, "2024-05-01T12:00:00.000Z")
