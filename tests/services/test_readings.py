@@ -145,12 +145,16 @@ async def test_each_reading_is_published_then_the_anomalies_it_raised(svc: Servi
     ]
 
 
-async def test_a_sensor_deleted_before_the_insert_stores_nothing(svc: Service, monkeypatch):
-    sid = await svc.sensor({"t": {"max": 0}})
+# With an anomaly the readings go in a transaction with it; without, in one copy_rows.
+@pytest.mark.parametrize("thresholds", [{"t": {"max": 0}}, {}])
+async def test_a_sensor_deleted_before_the_insert_stores_nothing(
+    svc: Service, monkeypatch, thresholds
+):
+    sid = await svc.sensor(thresholds)
     ghost = sid + 1
 
     async def both_exist(db: Any, ids: Any) -> dict[int, dict[str, Any]]:
-        return {sid: {"t": {"max": 0}}, ghost: {}}
+        return {sid: thresholds, ghost: {}}
 
     monkeypatch.setattr(queries, "sensor_thresholds", both_exist)
 
