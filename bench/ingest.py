@@ -76,17 +76,29 @@ class IngestParams:
 
 
 # data ---------------------------------------------------------------------------------
+# The load generator shares its core with PostgreSQL: readings() is table-driven so that
+# making a body costs ~1 us a reading instead of ~4.5 (datetime.isoformat per reading).
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]
+_TEMPERATURES = [20.0 + i / 10 for i in range(200)]
+_HUMIDITIES = [float(40 + i) for i in range(37)]
+
+
 def readings(start: int, count: int, sensor_ids: list[int]) -> list[dict[str, Any]]:
-    """Readings start..start+count: round-robin over the sensors, 1 ms apart, 2 metrics."""
+    """Readings start..start+count: round-robin over the sensors, 1 ms apart, 2 metrics;
+    timestamps `2024-01-01T00:00:05.123Z` (what iso() writes, as a browser would send)."""
     n = len(sensor_ids)
     out = []
+    second, prefix = -1, ""
     for k in range(start, start + count):
-        ts = T0 + k * MS
+        s, ms = divmod(k, 1000)
+        if s != second:
+            second = s
+            prefix = (T0 + timedelta(seconds=s)).isoformat(timespec="seconds")[:19]
         out.append(
             {
                 "sensor_id": sensor_ids[k % n],
-                "timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "values": {"temperature": 20.0 + (k % 200) / 10, "humidity": float(40 + k % 37)},
+                "timestamp": prefix + _MILLIS[ms],
+                "values": {"temperature": _TEMPERATURES[k % 200], "humidity": _HUMIDITIES[k % 37]},
             }
         )
     return out
