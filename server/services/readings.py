@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from server import codec
 from server.bus import Bus
 from server.errors import Conflict, NotFound, ValidationFailed
@@ -38,10 +40,17 @@ Reading = tuple[int, datetime, dict[str, float], str]
 
 
 def iso(moment: datetime) -> str:
-    """ISO 8601 UTC with Z: milliseconds as in every frame, microseconds when they matter."""
-    moment = moment.astimezone(UTC)
-    spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+    """ISO 8601 UTC with Z: milliseconds as in every frame, microseconds when they matter.
+
+    Written by orjson (~10x faster than isoformat: this runs per reading and per listed
+    value), which gives microseconds or, when they are zero, no fraction."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    text = orjson.dumps(moment, option=orjson.OPT_UTC_Z).decode()
+    micro = moment.microsecond
+    if micro == 0:
+        return text[1:-2] + ".000Z"
+    return text[1:-5] + "Z" if micro % 1000 == 0 else text[1:-1]
 
 
 def reading_event(
