@@ -13,7 +13,7 @@ batch: `{"3": {"sensor_id": [...]}}`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +150,37 @@ def _next_key(rows: list[Row], limit: int, after: Any) -> str | None:
     return encode_cursor([moment, key[1], key[2], run])
 
 
+def _events(readings: list[Reading], raised: list[tuple[int, Row]]) -> Iterator[Event]:
+    """Each reading's event (reading_event's shape, built inline: this runs per reading),
+    then the anomalies it raised. A generator: Bus.publish_many takes each event as it
+    comes, so a batch's event tuples do not all outlive their turn (objects that live
+    through a request end up in the cyclic GC's oldest generation, which it walks whole).
+    """
+    pending = iter(raised)
+    upcoming = next(pending, None)
+    # A batch names a few sensors many times: their channel tuples are made once.
+    channels: dict[int, tuple[str, ...]] = {}
+    for index, (sensor_id, _, values, stamp) in enumerate(readings):
+        names = channels.get(sensor_id)
+        if names is None:
+            names = channels[sensor_id] = (
+                "readings",
+                f"readings:{sensor_id}",
+                f"sensors:{sensor_id}",
+            )
+        body = {
+            "entity_type": "sensor",
+            "event_type": "reading",
+            "entity_id": sensor_id,
+            "data": {"sensor_id": sensor_id, "timestamp": stamp, "values": values},
+            "metadata": {"action": "reading"},
+        }
+        yield names, "entity_event", body
+        while upcoming is not None and upcoming[0] == index:
+            yield anomaly_event("anomaly_detected", anomaly_object(upcoming[1]))
+            upcoming = next(pending, None)
+
+
 class ReadingService:
     def __init__(self, storage: Storage, bus: Bus) -> None:
         self.storage = storage
@@ -180,7 +211,7 @@ class ReadingService:
             raise ValidationFailed(details=unknown if batch else unknown["0"])
         try:
             stored = await queries.store_readings(
-                self.storage, [r[:3] for r in readings], [a[1:] for a in found]
+                self.storage, (r[:3] for r in readings), [a[1:] for a in found]
             )
         except IntegrityError:
             # A sensor deleted between the check above and the insert: nothing was stored.
@@ -192,33 +223,8 @@ class ReadingService:
         return {"accepted": len(readings)}
 
     async def _publish(self, readings: list[Reading], raised: list[tuple[int, Row]]) -> None:
-        """Each reading, then the anomalies it raised; one publication each, one batch.
-        Built inline (reading_event's shape): this loop runs once per reading."""
-        pending = iter(raised)
-        upcoming = next(pending, None)
-        events: list[Event] = []
-        # A batch names a few sensors many times: their channel tuples are made once.
-        channels: dict[int, tuple[str, ...]] = {}
-        for index, (sensor_id, _, values, stamp) in enumerate(readings):
-            names = channels.get(sensor_id)
-            if names is None:
-                names = channels[sensor_id] = (
-                    "readings",
-                    f"readings:{sensor_id}",
-                    f"sensors:{sensor_id}",
-                )
-            body = {
-                "entity_type": "sensor",
-                "event_type": "reading",
-                "entity_id": sensor_id,
-                "data": {"sensor_id": sensor_id, "timestamp": stamp, "values": values},
-                "metadata": {"action": "reading"},
-            }
-            events.append((names, "entity_event", body))
-            while upcoming is not None and upcoming[0] == index:
-                events.append(anomaly_event("anomaly_detected", anomaly_object(upcoming[1])))
-                upcoming = next(pending, None)
-        await self.bus.publish_many(events)
+        """Each reading, then the anomalies it raised; one publication each, one batch."""
+        await self.bus.publish_many(_events(readings, raised))
 
     async def query(self, args: dict[str, Any]) -> dict[str, Any]:
         limit = args["limit"]

@@ -51,7 +51,7 @@ async def sensor_exists(db: Tx, sensor_id: int) -> bool:
 
 
 async def store_readings(
-    storage: Storage, rows: Sequence[Sequence[Any]], anomalies: Sequence[Sequence[Any]]
+    storage: Storage, rows: Iterable[Sequence[Any]], anomalies: Sequence[Sequence[Any]]
 ) -> list[Row]:
     """All readings in one copy_rows and their anomalies, in one transaction; returns the
     stored anomaly rows in id order. An unknown sensor_id is an IntegrityError."""
