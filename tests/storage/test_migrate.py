@@ -537,3 +537,31 @@ async def test_repository_migrations_create_the_same_indexes_on_both(migrated):
     # BRIN (retention by time over all sensors) has no SQLite counterpart.
     extra = {"readings_ts_brin"} if migrated.dialect == "postgres" else set()
     assert names == INDEXES | extra
+
+
+async def test_readings_of_a_sensor_being_deleted_wait_for_it_then_are_refused(migrated):
+    # PostgreSQL: the statement trigger locks the sensor FOR KEY SHARE as a foreign key
+    # would, so it waits for the deleting transaction. SQLite: one writer at a time.
+    sid = await migrated.fetchval("INSERT INTO sensors (type) VALUES ('t') RETURNING id")
+    deleted, release = asyncio.Event(), asyncio.Event()
+
+    async def delete() -> None:
+        async with migrated.transaction() as tx:
+            await tx.execute("DELETE FROM sensors WHERE id = ?", sid)
+            deleted.set()
+            await release.wait()
+
+    deleting = asyncio.create_task(delete())
+    await deleted.wait()
+    row = (sid, datetime.now(UTC), {"t": 1.0})
+    insert = asyncio.create_task(
+        migrated.copy_rows("readings", ["sensor_id", "ts", "metrics"], [row])
+    )
+    await asyncio.sleep(0.2)
+    assert not insert.done()
+
+    release.set()
+    await deleting
+    with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
+        await insert
+    assert await migrated.fetchval("SELECT count(*) FROM readings") == 0
