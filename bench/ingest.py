@@ -47,7 +47,6 @@ SQLITE_URL = "sqlite:///var/bench-ingest.db"
 BACKENDS = ("sqlite", "postgres")
 LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 TARGETS = {"sqlite": 20_000.0, "postgres": 50_000.0}  # readings/s, not rows
-METRICS = ("temperature", "humidity")
 READING_COLUMNS = ("sensor_id", "ts", "metrics")  # server/storage/readings.py
 ROWS_PER_READING = 1
 CHANNEL = "readings"
