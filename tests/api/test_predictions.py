@@ -19,10 +19,8 @@ T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 async def add_line(client: TestClient, sid: int, count: int, metric: str = "t") -> None:
     """value = 2*i + 5 at 60 s spacing from T0."""
-    rows = [(sid, T0 + timedelta(seconds=60 * i), metric, 2.0 * i + 5) for i in range(count)]
-    await client.app[SERVICES].storage.copy_rows(
-        "readings", ("sensor_id", "ts", "metric", "value"), rows
-    )
+    rows = [(sid, T0 + timedelta(seconds=60 * i), {metric: 2.0 * i + 5}) for i in range(count)]
+    await client.app[SERVICES].storage.copy_rows("readings", ("sensor_id", "ts", "metrics"), rows)
 
 
 async def predict(client: TestClient, sid: int, body: Any, tok: str | None) -> Any:
@@ -78,10 +76,8 @@ async def test_too_few_readings_is_422_with_a_clear_message(client, token: Mint)
 
 async def test_readings_all_at_one_instant_are_422(client, token: Mint):
     sid = await add_sensor(client)
-    rows = [(sid, T0, "t", float(i)) for i in range(4)]
-    await client.app[SERVICES].storage.copy_rows(
-        "readings", ("sensor_id", "ts", "metric", "value"), rows
-    )
+    rows = [(sid, T0, {"t": float(i)}) for i in range(4)]
+    await client.app[SERVICES].storage.copy_rows("readings", ("sensor_id", "ts", "metrics"), rows)
 
     error = await error_of(
         await predict(client, sid, {"metric": "t", "horizon": 5}, token()), 422, "bad_request"

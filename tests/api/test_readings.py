@@ -35,7 +35,7 @@ async def add_sensor(client: TestClient, thresholds: dict[str, Any] | None = Non
 
 
 async def stored(client: TestClient) -> list[tuple[int, str, str, float]]:
-    rows = await client.app[SERVICES].storage.fetch("SELECT * FROM readings")
+    rows = await client.app[SERVICES].storage.fetch("SELECT * FROM reading_values")
     return sorted((r["sensor_id"], r["ts"].isoformat(), r["metric"], r["value"]) for r in rows)
 
 
@@ -56,7 +56,7 @@ async def ws_call(ws: Any, resource: str, action: str, payload: Any) -> dict[str
 T0 = "2024-05-01T12:00:00+00:00"
 
 
-async def test_single_reading_is_201_accepted_and_one_row_per_metric(client, token: Mint):
+async def test_single_reading_is_201_accepted_and_one_value_per_metric(client, token: Mint):
     sid = await add_sensor(client)
     body = {"sensor_id": sid, "timestamp": T0, "values": {"temp": 23.5, "hum": 65}}
 
@@ -78,7 +78,7 @@ async def test_flat_metrics_are_stored_like_values(client, token: Mint):
     assert await stored(client) == [(sid, T0, "humedad", 65.2), (sid, T0, "temperatura", 23.5)]
 
 
-async def test_batch_counts_readings_not_rows_and_stores_every_row(client, token: Mint):
+async def test_batch_counts_readings_and_stores_one_row_per_reading(client, token: Mint):
     a, b = await add_sensor(client), await add_sensor(client)
     batch = [
         {"sensor_id": a, "timestamp": T0, "values": {"t": 1, "h": 2}},
@@ -95,6 +95,7 @@ async def test_batch_counts_readings_not_rows_and_stores_every_row(client, token
         (a, "2024-05-01T12:00:02+00:00", "t", -4.0),
         (b, "2024-05-01T12:00:01+00:00", "t", 3.25),
     ]
+    assert await client.app[SERVICES].storage.fetchval("SELECT count(*) FROM readings") == 3
 
 
 async def test_batch_with_a_bad_item_at_index_3_is_422_naming_it_and_stores_nothing(

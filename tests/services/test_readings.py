@@ -145,12 +145,16 @@ async def test_each_reading_is_published_then_the_anomalies_it_raised(svc: Servi
     ]
 
 
-async def test_a_sensor_deleted_before_the_insert_stores_nothing(svc: Service, monkeypatch):
-    sid = await svc.sensor({"t": {"max": 0}})
+# With an anomaly the readings go in a transaction with it; without, in one copy_rows.
+@pytest.mark.parametrize("thresholds", [{"t": {"max": 0}}, {}])
+async def test_a_sensor_deleted_before_the_insert_stores_nothing(
+    svc: Service, monkeypatch, thresholds
+):
+    sid = await svc.sensor(thresholds)
     ghost = sid + 1
 
     async def both_exist(db: Any, ids: Any) -> dict[int, dict[str, Any]]:
-        return {sid: {"t": {"max": 0}}, ghost: {}}
+        return {sid: thresholds, ghost: {}}
 
     monkeypatch.setattr(queries, "sensor_thresholds", both_exist)
 
@@ -220,3 +224,29 @@ def test_parsing_a_thousand_readings_is_fast():
     assert (len(readings), batch_flag) == (1000, True)
     # 20 batches of 1,000 readings: a per-item marshmallow schema would take ~1 s here.
     assert (datetime.now(UTC) - started).total_seconds() < 0.5
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2024-05-01T12:00:00.250Z",
+        "2024-05-01T12:00:00.000Z",
+        "2024-05-01T14:00:00.250+02:00",
+        "2024-05-01T12:00:00.25Z",
+        "2024-05-01T12:00:00.000001Z",
+        "2024-05-01 12:00:00.250Z",
+        "2024-05-01T12:00:00Z",
+        1714564800.25,
+        1714564800,
+    ],
+)
+def test_the_event_text_of_a_timestamp_is_iso_of_it_whatever_its_form(stamp):
+    (parsed,), _ = parse_readings([{"sensor_id": 1, "timestamp": stamp, "t": 1}], NOW)
+
+    assert parsed[3] == iso(parse_time(stamp)) == iso(parsed[1])
+
+
+def test_a_reading_without_timestamp_gets_the_request_time_as_text():
+    (parsed,), _ = parse_readings({"sensor_id": 1, "t": 1}, NOW)
+
+    assert parsed[1:] == (NOW, {"t": 1.0}, "2024-05-01T12:00:00.000Z")

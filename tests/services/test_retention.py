@@ -29,14 +29,14 @@ async def seed(db: Storage, stamps: list[datetime]) -> int:
     sid = int(await db.fetchval("INSERT INTO sensors (type) VALUES (?) RETURNING id", "t"))
     await db.copy_rows(
         "readings",
-        ("sensor_id", "ts", "metric", "value"),
-        [(sid, ts, "t", float(i)) for i, ts in enumerate(stamps)],
+        ("sensor_id", "ts", "metrics"),
+        [(sid, ts, {"t": float(i)}) for i, ts in enumerate(stamps)],
     )
     return sid
 
 
 async def left(db: Storage) -> list[tuple[datetime, float]]:
-    rows = await db.fetch("SELECT ts, value FROM readings ORDER BY ts")
+    rows = await db.fetch("SELECT ts, value FROM reading_values ORDER BY ts")
     return [(r["ts"], r["value"]) for r in rows]
 
 

@@ -36,7 +36,7 @@ TABLES_SQL = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' "
     "AND name NOT LIKE 'sqlite_%' ORDER BY name",
     "postgres": "SELECT table_name AS name FROM information_schema.tables "
-    "WHERE table_schema = current_schema() ORDER BY table_name",
+    "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name",
 }
 COLUMNS_SQL = {
     "sqlite": "SELECT name FROM pragma_table_info(?) ORDER BY cid",
@@ -306,7 +306,7 @@ SCHEMA = {
         "updated_at",
         "device",
     ],
-    "readings": ["sensor_id", "ts", "metric", "value"],
+    "readings": ["sensor_id", "ts", "metrics"],
     "anomalies": [
         "id",
         "sensor_id",
@@ -379,8 +379,8 @@ async def test_every_table_takes_and_returns_a_row(migrated):
     )
     assert await db.copy_rows(
         "readings",
-        ["sensor_id", "ts", "metric", "value"],
-        [(sensor, now, "temperature", 21.5), (sensor, now, "humidity", 40.0)],
+        ["sensor_id", "ts", "metrics"],
+        [(sensor, now, {"temperature": 21.5, "humidity": 40.0})],
     )
     anomaly = await db.fetchval(
         "INSERT INTO anomalies (sensor_id, metric, value, min, max, ts) "
@@ -440,7 +440,8 @@ async def test_every_table_takes_and_returns_a_row(migrated):
     assert row["metadata"] == {}
     assert row["name"] is None
     readings = await db.fetch(
-        "SELECT metric, value, ts FROM readings WHERE sensor_id = ? AND ts <= ? ORDER BY metric",
+        "SELECT metric, value, ts FROM reading_values WHERE sensor_id = ? AND ts <= ?"
+        " ORDER BY metric",
         sensor,
         now,
     )
@@ -470,7 +471,7 @@ async def test_schema_constraints_cascade_and_refuse(migrated):
         "INSERT INTO sensors (type, location_id) VALUES ('t', ?) RETURNING id", location
     )
     await db.copy_rows(
-        "readings", ["sensor_id", "ts", "metric", "value"], [(sensor, datetime.now(UTC), "t", 1.0)]
+        "readings", ["sensor_id", "ts", "metrics"], [(sensor, datetime.now(UTC), {"t": 1.0})]
     )
     await db.execute(
         "INSERT INTO users (username, password_hash, role) VALUES ('ann', 'h', 'user')"
@@ -486,6 +487,13 @@ async def test_schema_constraints_cascade_and_refuse(migrated):
         )
     with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
         await db.execute("INSERT INTO messages (room, content) VALUES ('nowhere', 'x')")
+    with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
+        # PostgreSQL checks this per statement (a trigger), SQLite per row (a foreign key).
+        await db.copy_rows(
+            "readings",
+            ["sensor_id", "ts", "metrics"],
+            [(sensor + 1, datetime.now(UTC), {"t": 2.0})],
+        )
 
     await db.execute("DELETE FROM locations WHERE id = ?", location)
     assert await db.fetchval("SELECT location_id FROM sensors WHERE id = ?", sensor) is None
@@ -515,7 +523,6 @@ INDEXES_SQL = {
 INDEXES = {
     "sensors_location",
     "readings_sensor_ts",
-    "readings_sensor_metric_ts",
     "anomalies_sensor_resolved",
     "predictions_sensor",
     "messages_room_id",
@@ -531,3 +538,31 @@ async def test_repository_migrations_create_the_same_indexes_on_both(migrated):
     # BRIN (retention by time over all sensors) has no SQLite counterpart.
     extra = {"readings_ts_brin"} if migrated.dialect == "postgres" else set()
     assert names == INDEXES | extra
+
+
+async def test_readings_of_a_sensor_being_deleted_wait_for_it_then_are_refused(migrated):
+    # PostgreSQL: the statement trigger locks the sensor FOR KEY SHARE as a foreign key
+    # would, so it waits for the deleting transaction. SQLite: one writer at a time.
+    sid = await migrated.fetchval("INSERT INTO sensors (type) VALUES ('t') RETURNING id")
+    deleted, release = asyncio.Event(), asyncio.Event()
+
+    async def delete() -> None:
+        async with migrated.transaction() as tx:
+            await tx.execute("DELETE FROM sensors WHERE id = ?", sid)
+            deleted.set()
+            await release.wait()
+
+    deleting = asyncio.create_task(delete())
+    await deleted.wait()
+    row = (sid, datetime.now(UTC), {"t": 1.0})
+    insert = asyncio.create_task(
+        migrated.copy_rows("readings", ["sensor_id", "ts", "metrics"], [row])
+    )
+    await asyncio.sleep(0.2)
+    assert not insert.done()
+
+    release.set()
+    await deleting
+    with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
+        await insert
+    assert await migrated.fetchval("SELECT count(*) FROM readings") == 0

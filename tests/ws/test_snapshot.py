@@ -5,9 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from server.keys import SERVICES
+from server.services.readings import Reading, iso
 from tests.conftest import auth_header
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def reading(sensor_id: int, ts: datetime, t: float) -> Reading:
+    return (sensor_id, ts, {"t": t}, iso(ts))
 
 
 async def _sensor_with_readings(client, token) -> int:
@@ -86,9 +91,9 @@ async def test_live_readings_during_the_snapshot_query_are_neither_lost_nor_repe
     async def snapshot_while_ingesting(sid):
         # One reading lands before the state is read (so the state has it: must not repeat),
         # one after (the state lacks it: must follow the snapshot).
-        await readings.ingest([(sid, T0 + timedelta(minutes=5), {"t": 30.0})], batch=False)
+        await readings.ingest([reading(sid, T0 + timedelta(minutes=5), 30.0)], batch=False)
         result = await original(sid)
-        await readings.ingest([(sid, T0 + timedelta(minutes=6), {"t": 31.0})], batch=False)
+        await readings.ingest([reading(sid, T0 + timedelta(minutes=6), 31.0)], batch=False)
         return result
 
     readings.snapshot = snapshot_while_ingesting
