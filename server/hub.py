@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.bus import Bus, Position, Publication, Recovery
-from server.compat import Dialect
 from server.ws import frames
 from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
 
@@ -256,8 +255,64 @@ class Hub:
     # -- fan-out -----------------------------------------------------------------------
 
     async def on_publication(self, publications: list[Publication]) -> None:
+        if len(publications) == 1:
+            self._fan_out(publications[0])
+            return
+        # A batch (a request's readings, say): consecutive publications whose only channel
+        # with subscribers is the same one are framed into one buffer, written to each of
+        # its sockets once instead of once per publication per socket. Order per socket is
+        # the publishing order either way.
+        run: list[Publication] = []
+        run_channel = ""  # no channel is named ""
         for pub in publications:
-            self._fan_out(pub)
+            channel = self._sole_channel(pub)
+            if channel is not None and channel == run_channel:
+                run.append(pub)
+                continue
+            if run:
+                self._fan_out_run(run_channel, run)
+            if channel is None:
+                run, run_channel = [], ""
+                self._fan_out(pub)
+            else:
+                run, run_channel = [pub], channel
+        if run:
+            self._fan_out_run(run_channel, run)
+
+    def _sole_channel(self, pub: Publication) -> str | None:
+        """The publication's one channel with subscribers, if it has exactly one and goes to
+        every subscriber alike (not ephemeral, nobody excluded)."""
+        if pub.ephemeral or pub.exclude is not None:
+            return None
+        found = None
+        channels = self.channels
+        for channel in pub.channels:
+            if channel in channels:
+                if found is not None:
+                    return None
+                found = channel
+        return found
+
+    def _fan_out_run(self, channel: str, pubs: list[Publication]) -> None:
+        if len(pubs) == 1:
+            self._fan_out(pubs[0])
+            return
+        self.stats.publications += len(pubs)
+        wires = [frames.text_frame(pub.payload(channel)) for pub in pubs]
+        batch = b"".join(wires)
+        sent = 0
+        for conn in self.channels[channel]:
+            try:
+                if conn.recovering is None and conn.dialect is None and not conn.compressed:
+                    if conn.write(batch, b""):
+                        sent += len(pubs)
+                else:
+                    for pub, wire in zip(pubs, wires, strict=True):
+                        sent += self._deliver(conn, pub, channel, wire)
+            except Exception:
+                log.exception("write to %s failed", conn.client_id)
+                conn.drop("write failed")
+        self.stats.messages_out += sent
 
     def _fan_out(self, pub: Publication) -> None:
         self.stats.publications += 1
@@ -271,7 +326,6 @@ class Hub:
         for channel, subs in reached:
             payload = pub.payload(channel)
             wire = frames.text_frame(payload)
-            translated: dict[Dialect, bytes | None] | None = None
             # Nothing below changes `subs`: a dropped socket leaves it in its own cleanup.
             for conn in subs:
                 if seen is not None:
@@ -280,29 +334,33 @@ class Hub:
                     seen.add(conn)
                 if exclude is not None and conn.member_id == exclude:
                     continue
-                recovering = conn.recovering
-                if recovering is not None and channel in recovering:
-                    # Presence and typing have no place in the stream being recovered.
-                    if not pub.ephemeral:
-                        recovering[channel].append(pub)
-                    continue
                 try:
-                    if conn.dialect is not None:
-                        # A seed client: translated once per dialect, not per socket.
-                        if translated is None:
-                            translated = {}
-                        if conn.dialect not in translated:
-                            translated[conn.dialect] = conn.dialect.encode(payload)
-                        data = translated[conn.dialect]
-                        if data is not None and conn.write(frames.text_frame(data), data):
+                    if conn.recovering is None and conn.dialect is None:
+                        if conn.write(wire, payload):
                             sent += 1
-                    elif conn.write(wire, payload):
-                        sent += 1
+                    else:
+                        sent += self._deliver(conn, pub, channel, wire)
                 except Exception:
                     # One broken socket must not stop the others, nor fail the publisher.
                     log.exception("write to %s failed", conn.client_id)
                     conn.drop("write failed")
         self.stats.messages_out += sent
+
+    @staticmethod
+    def _deliver(conn: Connection, pub: Publication, channel: str, wire: bytes) -> int:
+        """One publication to a socket that is recovering a channel or speaks a seed's
+        dialect (or, in a run, compresses): 1 if written."""
+        recovering = conn.recovering
+        if recovering is not None and channel in recovering:
+            # Presence and typing have no place in the stream being recovered.
+            if not pub.ephemeral:
+                recovering[channel].append(pub)
+            return 0
+        if conn.dialect is not None:
+            # Translated once per dialect and channel, not per socket.
+            data = pub.translated(conn.dialect, channel)
+            return int(data is not None and conn.write(frames.text_frame(data), data))
+        return int(conn.write(wire, pub.payload(channel)))
 
     # -- introspection -------------------------------------------------------------------
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiosignal import Signal
 
 from server import codec
+
+if TYPE_CHECKING:
+    from server.compat import Dialect
 
 # Frame types a publication may carry; anything else from outside is wrapped as `event`.
 PUBLICATION_TYPES = frozenset({"event", "system_event", "entity_event", "notification", "message"})
@@ -38,6 +41,8 @@ class Publication:
     # channel -> JSON payload naming that channel; filled lazily by payload().
     # Made on first use: most publications reach no subscriber at all.
     _payloads: dict[str, bytes] | None = field(default=None, repr=False)
+    # (dialect, channel) -> that seed protocol's bytes (server.compat), or None: not sent.
+    _translated: dict[tuple[Dialect, str], bytes | None] | None = field(default=None, repr=False)
 
     def payload(self, channel: str) -> bytes:
         """The frame's JSON bytes with `channel`/`offset` naming `channel`; cached.
@@ -69,6 +74,15 @@ class Publication:
             frame["offsets"] = self.offsets
         data = self._payloads[channel] = codec.dumps(frame)
         return data
+
+    def translated(self, dialect: Dialect, channel: str) -> bytes | None:
+        """payload(channel) in a seed's protocol; cached per dialect and channel."""
+        if self._translated is None:
+            self._translated = {}
+        key = (dialect, channel)
+        if key not in self._translated:
+            self._translated[key] = dialect.encode(self.payload(channel))
+        return self._translated[key]
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,11 @@ class Connection:
         self._flush_at = min(FLUSH_BYTES, max_queue_bytes)
 
     @property
+    def compressed(self) -> bool:
+        """permessage-deflate: frames are compressed one by one, so never pre-joined."""
+        return self._compressed is not None
+
+    @property
     def user(self) -> dict[str, Any]:
         return self.principal.public()
 
