@@ -274,12 +274,19 @@ def sqlite_path(url: str, base_dir: Path) -> str:
 
 
 async def select_newest(
-    db: Tx, table: str, filters: dict[str, Any], before: int | None, limit: int
+    db: Tx,
+    table: str,
+    filters: dict[str, Any],
+    before: int | None,
+    limit: int,
+    conditions: Sequence[tuple[str, Any]] = (),
 ) -> list[Row]:
-    """A page of `table` newest first (highest id): rows matching every non-None filter,
-    with ids below `before` (the id the previous page ended on)."""
+    """A page of `table` newest first (highest id): rows matching every non-None filter
+    and every (SQL with one `?`, value) condition, with ids below `before` (the id the
+    previous page ended on)."""
     where = [(f"{check_identifier(column)} = ?", value) for column, value in filters.items()]
     where = [(clause, value) for clause, value in where if value is not None]
+    where.extend(conditions)
     if before is not None:
         where.append(("id < ?", before))
     sql = f"SELECT * FROM {check_identifier(table)}"

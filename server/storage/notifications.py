@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.storage import Row, Tx
+from server.storage import Row, Tx, select_newest
 
 
 async def insert_notification(db: Tx, event: str, channel: str, payload: Any) -> Row:
@@ -30,24 +30,12 @@ async def select_notifications(
 ) -> list[Row]:
     """Newest first. Private `user:` rows are left out unless `all_private`, except those
     of `private_of` (the caller's own)."""
-    where: list[str] = []
-    args: list[Any] = []
-    if channel is not None:
-        where.append("channel = ?")
-        args.append(channel)
-    if event is not None:
-        where.append("event = ?")
-        args.append(event)
+    conditions = []
     if not all_private:
-        where.append("(channel NOT LIKE 'user:%' OR channel = ?)")
-        args.append(f"user:{private_of}" if private_of is not None else "")
-    if before is not None:
-        where.append("id < ?")
-        args.append(before)
-    sql = "SELECT * FROM notifications"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return await db.fetch(sql + " ORDER BY id DESC LIMIT ?", *args, limit)
+        own = f"user:{private_of}" if private_of is not None else ""
+        conditions.append(("(channel NOT LIKE 'user:%' OR channel = ?)", own))
+    filters = {"channel": channel, "event": event}
+    return await select_newest(db, "notifications", filters, before, limit, conditions)
 
 
 async def delete_beyond(db: Tx, keep: int) -> int:
