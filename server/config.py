@@ -1,14 +1,12 @@
 """Configuration: config.yaml + SENSORCAST_<SECTION>_<KEY> environment overrides.
 
 Each section is a frozen dataclass; its marshmallow schema is derived from the field types
-so a setting is declared once. Loading never raises anything but ConfigError, whose message
-is the one line the CLI prints before exiting.
+(server/config_schema.py) so a setting is declared once. Loading never raises anything
+but ConfigError, whose message is the one line the CLI prints before exiting.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import re
 import typing
@@ -19,7 +17,9 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, validate
+
+from server.config_schema import first_error, schema_for
 
 ENV_PREFIX = "SENSORCAST_"
 # Reserved for the test suite's own knobs (database URLs and the like).
@@ -220,76 +220,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-class WholeNumber(fields.Integer):
-    """An integer from YAML or an environment string; 80.5 is refused, not truncated."""
-
-    def _validated(self, value: Any) -> int:
-        if isinstance(value, float) and not value.is_integer():
-            raise self.make_error("invalid")
-        return super()._validated(value)
-
-
-def _marshmallow_field(tp: Any, check: validate.Validator | None) -> fields.Field:
-    origin = typing.get_origin(tp)
-    kw: dict[str, Any] = {"required": False}
-    if check is not None:
-        kw["validate"] = check
-    if tp is bool:
-        return fields.Boolean(**kw)
-    if tp is int:
-        return WholeNumber(**kw)
-    if tp is float:
-        return fields.Float(allow_nan=False, **kw)
-    if tp is str:
-        return fields.String(**kw)
-    if origin is Literal:
-        return fields.String(validate=validate.OneOf(typing.get_args(tp)), required=False)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        inner = (
-            fields.Nested(schema_for(item))
-            if isinstance(item, type) and dataclasses.is_dataclass(item)
-            else _marshmallow_field(item, None)
-        )
-        return fields.List(inner, **kw)
-    if origin is dict:
-        _, value = typing.get_args(tp)
-        return fields.Dict(keys=fields.String(), values=fields.Nested(schema_for(value)), **kw)
-    raise TypeError(f"no marshmallow field for {tp!r}")
-
-
-@functools.cache
-def schema_for(cls: type) -> Schema:
-    """A marshmallow schema that loads a mapping into an instance of dataclass `cls`."""
-    hints = typing.get_type_hints(cls)
-    attrs: dict[str, Any] = {
-        f.name: _marshmallow_field(hints[f.name], f.metadata.get("check"))
-        for f in dataclasses.fields(cls)
-    }
-
-    def make(self: Schema, data: dict[str, Any], **_: Any) -> Any:
-        return cls(**data)
-
-    attrs["make"] = post_load(make)
-    attrs["Meta"] = type("Meta", (), {"unknown": RAISE})
-    return Schema.from_dict(attrs, name=f"{cls.__name__}Schema")()
-
-
-# Levels marshmallow adds to error paths that name no setting (Dict values, whole objects).
-_NOT_KEYS = frozenset({"value", "_schema"})
-
-
-def _first_error(messages: Any, path: tuple[str, ...] = ()) -> tuple[str, str]:
-    if isinstance(messages, Mapping):
-        key, value = next(iter(messages.items()))
-        return _first_error(value, path if key in _NOT_KEYS else (*path, str(key)))
-    if isinstance(messages, list) and messages:
-        if all(isinstance(m, str) for m in messages):
-            return ".".join(path), " ".join(messages)
-        return _first_error(messages[0], path)
-    return ".".join(path), str(messages)
-
-
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
@@ -347,7 +277,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         try:
             sections[name] = schema_for(SECTIONS[name]).load(value)
         except ValidationError as exc:
-            key, problem = _first_error(exc.messages)
+            key, problem = first_error(exc.messages)
             if problem == "Unknown field.":
                 problem = "names no setting"
             raise ConfigError(f"{name}.{key}: {problem}") from None
