@@ -19,7 +19,7 @@ from server.bus.local import LocalBackend
 from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
-from server.hub import Hub
+from server.hub import Hub, HubLimits
 from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
@@ -45,9 +45,13 @@ def create_app(config: Config) -> web.Application:
     app[AUTH] = Authenticator(config.auth, config.var_dir, config.base_dir)
     policy = app[POLICY] = ChannelPolicy(config.channels)
     bus = app[BUS] = Bus(
-        LocalBackend(config.history.size, config.history.ttl, policy.history_enabled)
+        LocalBackend(config.history.size, config.history.ttl, policy.history_enabled),
+        max_payload_bytes=config.ws.max_queue_bytes,
     )
-    hub = app[HUB] = Hub(bus, policy.presence_enabled)
+    limits = HubLimits(
+        config.ws.max_subscriptions, config.ws.max_anonymous_channels, config.ws.max_lag
+    )
+    hub = app[HUB] = Hub(bus, policy.presence_enabled, limits)
     setup_routes(app)
     app[DISPATCHER] = commands.Dispatcher(
         hub,
@@ -94,6 +98,7 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.stop()
+    app[HUB].close()
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -74,7 +74,17 @@ class HistoryConfig:
 class WsConfig:
     heartbeat: float = setting(20.0, validate.Range(min=0))
     max_message_bytes: int = setting(64 * 1024, validate.Range(min=256))
+    # The outbound budget: past it a socket is lagging; a publication bigger than this is
+    # refused at publish time (413 too_large), since it could never fit.
     max_queue_bytes: int = setting(1024 * 1024, validate.Range(min=1024))
+    # Seconds a socket may stay over max_queue_bytes without draining: then 4008.
+    max_lag: float = setting(5.0, validate.Range(min=1, max=9))
+    # Outbound bytes past which a socket is dropped at once, however fast it drains.
+    max_backlog_bytes: int = setting(16 * 1024 * 1024, validate.Range(min=1024))
+    # Channels one socket may be subscribed to at once; 0 = no limit.
+    max_subscriptions: int = setting(128, validate.Range(min=0))
+    # Channels (with no other subscriber) that anonymous sockets may open, all together.
+    max_anonymous_channels: int = setting(10000, validate.Range(min=0))
     rate_limit: float = setting(100.0, validate.Range(min=0))
     rate_burst: float = setting(200.0, validate.Range(min=0))
     max_connections: int = setting(10000, validate.Range(min=0))
@@ -296,6 +306,8 @@ def _check_cross_field(config: Config) -> None:
                         f"channels.namespaces.{ns}.{action}: unknown role {role!r} "
                         f"(one of {', '.join((*ROLES, ANONYMOUS))})"
                     )
+    if config.ws.max_backlog_bytes < config.ws.max_queue_bytes:
+        raise ConfigError("ws.max_backlog_bytes: must not be less than ws.max_queue_bytes")
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min: must not exceed database.pool_max")
     url = config.database.url

@@ -3,32 +3,112 @@
 The hub is the bus's receiver. Per publication it resolves, per socket, the first of the
 publication's channels that socket is subscribed to (so a socket on several of them gets it
 exactly once), frames the payload once per such channel and writes the bytes to every
-socket without awaiting any of them.
+socket without awaiting any of them. A batch bigger than BATCH_CHUNK publications is
+delivered a chunk at a time, yielding to the loop in between (pings, reads and other
+sockets' writes run meanwhile); deliveries that arrive during one wait behind it, so every
+socket still gets publications in publishing order.
+
+Tables and their bounds (SPEC §4, bounded state):
+- `clients`: one entry per open socket, at most `ws.max_connections`.
+- `per_ip`: one counter per address with an open socket (deleted at 0), so at most
+  `clients`; each at most `ws.max_connections_per_ip`.
+- `channels`: channels with at least one subscriber (deleted when the last one leaves), at
+  most `ws.max_connections` x `ws.max_subscriptions`; `anonymous_channels`, those anonymous
+  sockets created, at most `ws.max_anonymous_channels`.
+- `presence`: per channel with presence, one Member per user with a socket there: at most
+  the channel's subscribers.
+- `outbox.lagging`: at most one entry per open socket; `drops`: one counter per reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from server.bus import Bus, Position, Publication, Recovery
+from server.errors import Forbidden
 from server.ws import frames
 from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
 
 log = logging.getLogger(__name__)
 
+# Publications of one batch delivered between two yields to the loop (~200 KB of readings).
+BATCH_CHUNK = 512
+# Policy closes (slow consumers, floods) are logged once, then summed up per this window.
+DROP_LOG_SECONDS = 10.0
+
+# Who is subscribed where, as one delivery sees it: channel -> its sockets.
+Subscribers = dict[str, set[Connection]] | dict[str, tuple[Connection, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class HubLimits:
+    """The ws.* limits the hub enforces (0 = off)."""
+
+    max_subscriptions: int = 0
+    max_anonymous_channels: int = 0
+    max_lag: float = 5.0
+
+
+class DropLog:
+    """A mass drop (a stalled network, a flood) logs one WARNING and one summary, not one
+    line per socket: the first policy close of a window is logged, the rest are counted and
+    summed up when the window ends."""
+
+    __slots__ = ("_counts", "_timer")
+
+    def __init__(self) -> None:
+        # Bound: one counter per close reason.
+        self._counts: Counter[str] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def record(self, conn: Connection, reason: str) -> None:
+        if self._counts is None:
+            log.warning("closing %s (%s): %s", conn.client_id, conn.ip, reason)
+            self._counts = Counter()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(DROP_LOG_SECONDS, self.flush)
+            return
+        log.debug("closing %s (%s): %s", conn.client_id, conn.ip, reason)
+        self._counts[reason] += 1
+
+    def flush(self) -> None:
+        """End the window: one WARNING for the closes it counted after the first."""
+        counts, self._counts = self._counts, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if counts:
+            summary = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+            log.warning(
+                "closed %d more sockets for policy in %.0f s: %s",
+                counts.total(),
+                DROP_LOG_SECONDS,
+                summary,
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A channel's current state for a new subscriber: frames to send after `subscribed`,
-    and which live publications that state already covers."""
+    and which live publications that state already covers.
+
+    `lingers`: state read from storage (a chat room's history) can hold what is still on
+    its way to the bus (stored, not published yet); covered publications arriving in the
+    first LINGER_SECONDS after the switch to live are skipped as well."""
 
     frames: list[bytes]
     covers: Callable[[Publication], bool]
+    lingers: bool = False
+
+
+# How long after a join live publications its stored state covered are still skipped.
+LINGER_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -54,18 +134,34 @@ class HubStats:
 
 
 class Hub:
-    def __init__(self, bus: Bus, presence_on: Callable[[str], bool] = lambda _: False) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        presence_on: Callable[[str], bool] = lambda _: False,
+        limits: HubLimits = HubLimits(),
+    ) -> None:
         self.bus = bus
         self.presence_on = presence_on
+        self.limits = limits
         self.channels: dict[str, set[Connection]] = {}
+        self.anonymous_channels: set[str] = set()
         # channel -> member id -> Member, for channels whose namespace has presence on.
         self.presence: dict[str, dict[str, Member]] = {}
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
         self.stats = HubStats()
-        self.outbox = Outbox()
+        self.outbox = Outbox(limits.max_lag)
+        self.drops = DropLog()
+        # Deliveries waiting behind a batch that is being delivered chunk by chunk, each
+        # with the subscribers it had when published; None when none is under way.
+        self._queue: deque[tuple[list[Publication], Subscribers]] | None = None
+        self._pump: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
         bus.on_publication.append(self.on_publication)
+
+    def close(self) -> None:
+        self.outbox.close()
+        self.drops.flush()
 
     # -- connections -------------------------------------------------------------------
 
@@ -74,14 +170,15 @@ class Hub:
         self.per_ip[conn.ip] += 1
         self.stats.connections_total += 1
 
-    async def remove(self, conn: Connection) -> None:
+    async def remove(self, conn: Connection, counted: Iterable[str] = ()) -> None:
         """Forget a socket: its subscriptions and, if still registered as such, its client_id;
         then tell each presence channel its user left if this was their last socket there.
+        `counted`: channels it was counted in (count_in) but never got to subscribe to.
 
         Everything before the first await happens at once, even if the caller is cancelled.
         """
         gone: list[tuple[str, Member]] = []
-        for channel in conn.subscriptions:
+        for channel in (*conn.subscriptions, *counted):
             self._discard(channel, conn)
             member = self._leave(conn, channel)
             if member is not None:
@@ -100,6 +197,7 @@ class Hub:
         self.stats.closed_by_policy += 1
         if reason == SLOW_CONSUMER:
             self.stats.dropped_slow_consumers += 1
+        self.drops.record(conn, reason)
 
     def _discard(self, channel: str, conn: Connection) -> None:
         subs = self.channels.get(channel)
@@ -107,6 +205,36 @@ class Hub:
             subs.discard(conn)
             if not subs:
                 del self.channels[channel]
+                self.anonymous_channels.discard(channel)
+
+    def check_limits(
+        self, conn: Connection | None, anonymous: bool, channels: Sequence[str]
+    ) -> None:
+        """Forbidden when subscribing to `channels` would take a socket (`conn`, None for
+        one being admitted) past ws.max_subscriptions, or make an anonymous one create more
+        channels than ws.max_anonymous_channels."""
+        limits = self.limits
+        have = len(conn.subscriptions) if conn is not None else 0
+        if limits.max_subscriptions and have + len(channels) > limits.max_subscriptions:
+            raise Forbidden(
+                f"at most {limits.max_subscriptions} subscriptions per socket",
+                {"max_subscriptions": limits.max_subscriptions},
+            )
+        if anonymous and limits.max_anonymous_channels:
+            new = sum(1 for channel in channels if channel not in self.channels)
+            if new and len(self.anonymous_channels) + new > limits.max_anonymous_channels:
+                raise Forbidden(
+                    "anonymous clients may not open more channels now; use a token",
+                    {"max_anonymous_channels": limits.max_anonymous_channels},
+                )
+
+    def _add(self, channel: str, conn: Connection) -> None:
+        subs = self.channels.get(channel)
+        if subs is None:
+            subs = self.channels[channel] = set()
+            if conn.principal.anonymous:
+                self.anonymous_channels.add(channel)
+        subs.add(conn)
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -124,11 +252,21 @@ class Hub:
 
         Publications arriving while history or state is read are held back and sent after
         them, skipping what the history held or the snapshot covers: no gap, no duplicate.
-        `counted`: the caller already counted (and announced) the socket's presence there.
+        `counted`: the caller already counted (and announced) the socket's presence there;
+        if this fails (or is cancelled) half-way, that count is undone here.
+        Forbidden past ws.max_subscriptions or ws.max_anonymous_channels.
         """
-        self.channels.setdefault(channel, set()).add(conn)
+        if not counted:
+            self.check_limits(conn, conn.principal.anonymous, (channel,))
+        self._add(channel, conn)
         if since is None and snapshot is None:
-            position = await self.bus.position(channel)
+            try:
+                position = await self.bus.position(channel)
+            except BaseException:
+                self._discard(channel, conn)
+                if counted:
+                    self._leave(conn, channel)
+                raise
             conn.subscriptions[channel] = position.offset + 1
             joined = None if counted else self._join(conn, channel)
             conn.send(self._subscribed(channel, position, None, reply))
@@ -152,7 +290,7 @@ class Hub:
             raise
         finally:
             del conn.recovering[channel]
-            if not conn.recovering:
+            if not conn.recovering and conn.dedupe is None:
                 conn.recovering = None
         position = recovery.position
         recovered = recovery.recovered if since is not None else None
@@ -173,6 +311,8 @@ class Hub:
         for pub in held:
             if pub.offsets[channel] > last and not (state is not None and state.covers(pub)):
                 conn.send(pub.payload(channel))
+        if state is not None and state.lingers:
+            conn.skip_covered({channel: state.covers}, LINGER_SECONDS)
         if joined is not None:
             await self._announce(channel, "user_joined", joined)
 
@@ -255,8 +395,47 @@ class Hub:
     # -- fan-out -----------------------------------------------------------------------
 
     async def on_publication(self, publications: list[Publication]) -> None:
+        queue = self._queue
+        if queue is not None:
+            # Behind a batch still being delivered: wait, with today's subscribers (a socket
+            # subscribing from now on starts past these offsets).
+            queue.append((publications, self._view(publications)))
+            return
+        if len(publications) <= BATCH_CHUNK:
+            self._fan_out_batch(publications, self.channels)
+            return
+        self._queue = deque([(publications, self._view(publications))])
+        # Its own task: a publisher that goes away (a cancelled request) does not stop it.
+        self._pump = asyncio.get_running_loop().create_task(self._deliver_queue())
+        await asyncio.shield(self._pump)
+
+    def _view(self, publications: list[Publication]) -> Subscribers:
+        """The current subscribers of the channels a batch names, frozen."""
+        channels = self.channels
+        names: set[str] = set()
+        for lists in {pub.channels for pub in publications}:
+            names.update(lists)
+        return {ch: tuple(subs) for ch in names if (subs := channels.get(ch))}
+
+    async def _deliver_queue(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        try:
+            while queue:
+                publications, view = queue[0]
+                for start in range(0, len(publications), BATCH_CHUNK):
+                    if start:
+                        # Let pings, reads and other sockets' writes run.
+                        await asyncio.sleep(0)
+                    self._fan_out_batch(publications[start : start + BATCH_CHUNK], view)
+                queue.popleft()
+        finally:
+            self._queue = None
+            self._pump = None
+
+    def _fan_out_batch(self, publications: list[Publication], channels: Subscribers) -> None:
         if len(publications) == 1:
-            self._fan_out(publications[0])
+            self._fan_out(publications[0], channels)
             return
         # A batch (a request's readings, say): consecutive publications whose only channel
         # with subscribers is the same one are framed into one buffer, written to each of
@@ -265,27 +444,27 @@ class Hub:
         run: list[Publication] = []
         run_channel = ""  # no channel is named ""
         for pub in publications:
-            channel = self._sole_channel(pub)
+            channel = self._sole_channel(pub, channels)
             if channel is not None and channel == run_channel:
                 run.append(pub)
                 continue
             if run:
-                self._fan_out_run(run_channel, run)
+                self._fan_out_run(run_channel, run, channels)
             if channel is None:
                 run, run_channel = [], ""
-                self._fan_out(pub)
+                self._fan_out(pub, channels)
             else:
                 run, run_channel = [pub], channel
         if run:
-            self._fan_out_run(run_channel, run)
+            self._fan_out_run(run_channel, run, channels)
 
-    def _sole_channel(self, pub: Publication) -> str | None:
+    @staticmethod
+    def _sole_channel(pub: Publication, channels: Subscribers) -> str | None:
         """The publication's one channel with subscribers, if it has exactly one and goes to
         every subscriber alike (not ephemeral, nobody excluded)."""
         if pub.ephemeral or pub.exclude is not None:
             return None
         found = None
-        channels = self.channels
         for channel in pub.channels:
             if channel in channels:
                 if found is not None:
@@ -293,15 +472,15 @@ class Hub:
                 found = channel
         return found
 
-    def _fan_out_run(self, channel: str, pubs: list[Publication]) -> None:
+    def _fan_out_run(self, channel: str, pubs: list[Publication], channels: Subscribers) -> None:
         if len(pubs) == 1:
-            self._fan_out(pubs[0])
+            self._fan_out(pubs[0], channels)
             return
         self.stats.publications += len(pubs)
         wires = [frames.text_frame(pub.payload(channel)) for pub in pubs]
         batch = b"".join(wires)
         sent = 0
-        for conn in self.channels[channel]:
+        for conn in channels[channel]:
             try:
                 if conn.recovering is None and conn.dialect is None and not conn.compressed:
                     if conn.write(batch, b""):
@@ -314,9 +493,11 @@ class Hub:
                 conn.drop("write failed")
         self.stats.messages_out += sent
 
-    def _fan_out(self, pub: Publication) -> None:
+    def _fan_out(self, pub: Publication, channels: Subscribers | None = None) -> None:
         self.stats.publications += 1
-        reached = [(ch, subs) for ch in pub.channels if (subs := self.channels.get(ch))]
+        if channels is None:
+            channels = self.channels
+        reached = [(ch, subs) for ch in pub.channels if (subs := channels.get(ch))]
         if not reached:
             return
         # Only a socket on two of the reached channels could be counted twice.
@@ -348,14 +529,18 @@ class Hub:
 
     @staticmethod
     def _deliver(conn: Connection, pub: Publication, channel: str, wire: bytes) -> int:
-        """One publication to a socket that is recovering a channel or speaks a seed's
-        dialect (or, in a run, compresses): 1 if written."""
+        """One publication to a socket that is recovering a channel (or skipping what its
+        join state covered) or speaks a seed's dialect (or, in a run, compresses): 1 if
+        written."""
         recovering = conn.recovering
-        if recovering is not None and channel in recovering:
-            # Presence and typing have no place in the stream being recovered.
-            if not pub.ephemeral:
-                recovering[channel].append(pub)
-            return 0
+        if recovering is not None:
+            if channel in recovering:
+                # Presence and typing have no place in the stream being recovered.
+                if not pub.ephemeral:
+                    recovering[channel].append(pub)
+                return 0
+            if conn.covered(pub, channel):
+                return 0
         if conn.dialect is not None:
             # Translated once per dialect and channel, not per socket.
             data = pub.translated(conn.dialect, channel)

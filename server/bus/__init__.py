@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiosignal import Signal
 
 from server import codec
+from server.errors import TooLarge
 
 if TYPE_CHECKING:
     from server.compat import Dialect
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 PUBLICATION_TYPES = frozenset({"event", "system_event", "entity_event", "notification", "message"})
 # Keys the publication envelope owns; a body never sets them.
 ENVELOPE_KEYS = frozenset({"type", "channel", "offset", "epoch", "timestamp", "offsets"})
+# What the envelope adds to a body, beyond its channel names: type, offset, epoch, time.
+ENVELOPE_BYTES = 160
 
 
 @dataclass(slots=True, eq=False)
@@ -119,8 +122,11 @@ class Backend(Protocol):
 
 
 class Bus:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, max_payload_bytes: int = 0) -> None:
         self.backend = backend
+        # A publication bigger than any subscriber's outbound budget could never be
+        # delivered: it is refused before it gets an offset (0 = no limit).
+        self.max_payload_bytes = max_payload_bytes
         # Receivers get batches of publications in publishing order. They are added during
         # app setup, then the signal is frozen at start.
         self.on_publication: Signal[list[Publication]] = Signal(self)
@@ -157,9 +163,26 @@ class Bus:
             if names is None:
                 names = unique[key] = tuple(dict.fromkeys(key))
             batch.append(Publication(names, kind, body, stamp))
+        if self.max_payload_bytes:
+            for pub in batch:
+                self.check_size(pub.channels, pub.body)
         if batch:
             await self.backend.publish(batch)
         return batch
+
+    def check_size(self, channels: Sequence[str], body: dict[str, Any]) -> None:
+        """TooLarge (413) when a publication of `body` would not fit a subscriber's outbound
+        budget; callers that store before publishing call it first."""
+        limit = self.max_payload_bytes
+        if not limit:
+            return
+        size = len(codec.dumps(body)) + ENVELOPE_BYTES + sum(2 * len(ch) + 24 for ch in channels)
+        if size > limit:
+            raise TooLarge(
+                f"a publication of {size} bytes exceeds the {limit}-byte outbound budget "
+                "of a subscriber (ws.max_queue_bytes)",
+                {"bytes": size, "max_bytes": limit},
+            )
 
     async def publish_ephemeral(
         self, channel: str, type: str, body: dict[str, Any], exclude: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -254,11 +255,14 @@ def adopt(frame: dict[str, Any]) -> Dialect | None:
 
 def _watch_idle(conn: Connection, dialect: Seed001Dialect, timeout: float) -> None:
     """Close the socket `timeout` s after its last client frame. One timer per socket,
-    re-armed for the remaining time rather than on every frame."""
+    re-armed for the remaining time rather than on every frame. The timer holds the
+    Connection weakly: a closed socket's is freed at once, not `timeout` s later."""
     loop = asyncio.get_running_loop()
+    ref = weakref.ref(conn)
 
     def check() -> None:
-        if conn.closing:
+        conn = ref()
+        if conn is None or conn.closing or conn.ws.closed:
             return
         left = dialect.last_frame + timeout - time.monotonic()
         if left <= 0:

@@ -74,6 +74,8 @@ class NotificationService:
         """Store, then publish `notification {id, event, payload}`; a user with no socket
         open finds it in the history later."""
         target = channel or self.route(event, payload)
+        # Refused (413) before it is stored, not after: it could never be delivered.
+        self.bus.check_size([target], {"id": 0, "event": event, "payload": payload})
         row = await queries.insert_notification(self.storage, event, target, payload)
         notification = notification_object(row)
         body = {"id": notification["id"], "event": event, "payload": payload}

@@ -169,16 +169,20 @@ def _chat_history(services: Services, channel: str, room: str) -> Callable[[], A
             # The room works without its past: say so instead of failing the join.
             log.warning("history of %s not sent: %s", channel, exc)
             return Snapshot([frames.error(Unavailable("chat history is unavailable now"))], _no)
-        top = messages[-1]["id"] if messages else 0
+        # By id, not "id <= newest": on PostgreSQL a message with a smaller id can commit
+        # after the read, and it was not in the history.
+        ids = frozenset(m["id"] for m in messages)
 
         def covers(pub: Publication) -> bool:
             data = pub.body.get("data") if pub.type == "message" else None
-            return isinstance(data, dict) and isinstance(data.get("id"), int) and data["id"] <= top
+            return isinstance(data, dict) and type(data.get("id")) is int and data["id"] in ids
 
         history = [
             frames.encode("message", channel=channel, data=m, history=True) for m in messages
         ]
-        return Snapshot(history, covers)
+        # A message stored before the read can still be on its way to the bus (its sender
+        # not resumed yet, or another instance): it lingers, so it is skipped then too.
+        return Snapshot(history, covers, lingers=bool(ids))
 
     return load
 

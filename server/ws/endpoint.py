@@ -94,12 +94,16 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
     hub = request.app[HUB]
     dispatcher = request.app[DISPATCHER]
     ws = conn.ws
+    # Counted in these channels' presence at admission, not subscribed yet: if the socket
+    # ends before it gets to them (a cancelled join), remove() uncounts them.
+    unjoined = [channel for channel, _ in channels]
     try:
         for channel, member in channels:
             if member is not None:
                 await hub.announce_joined(channel, member)
-        for channel, _ in channels:
-            await dispatcher.join(conn, channel, counted=True)
+        while unjoined:
+            # From here the join owns the count (and undoes it if it fails).
+            await dispatcher.join(conn, unjoined.pop(0), counted=True)
         # The read loop lives here, not in a function of its own: one frame less per socket.
         while not conn.closing:
             # receive() rather than `async for`: no __anext__ frame either.
@@ -115,10 +119,11 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
                 break
     finally:
         try:
-            await hub.remove(conn)
+            await hub.remove(conn, unjoined)
         finally:
             if conn.closer is not None:
                 await asyncio.shield(conn.closer)
+            conn.abort()
         log.info(
             "disconnect %s code=%s after %.1fs",
             conn.client_id,
@@ -164,7 +169,7 @@ async def _open(
         conn, channels = _admit(request, ws, entry)
     except Refusal as refusal:
         # Accept then close: browsers cannot read the status of a refused handshake.
-        await ws.close(code=refusal.code, message=refusal.reason.encode()[:120])
+        await ws.close(code=refusal.code, message=frames.close_reason(refusal.reason))
         return ws, None, []
     return ws, conn, channels
 
@@ -197,6 +202,11 @@ def _admit(
     for channel in channels:
         if not app[POLICY].can_subscribe(principal, channel):
             raise Refusal(frames.CLOSE_FORBIDDEN, f"not allowed: {channel}")
+    try:
+        hub.check_limits(None, principal.anonymous, channels)
+    except Forbidden as exc:
+        hub.stats.closed_by_policy += 1
+        raise Refusal(frames.CLOSE_POLICY, exc.message) from None
 
     ip = client_ip(request)
     if limits.max_connections and len(hub.clients) >= limits.max_connections:
@@ -213,7 +223,15 @@ def _admit(
 
     rate = TokenBucket(limits.rate_limit, limits.rate_burst) if limits.rate_limit else None
     conn = Connection(
-        ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop, hub.outbox
+        ws,
+        client_id,
+        principal,
+        ip,
+        limits.max_queue_bytes,
+        rate,
+        hub.on_drop,
+        hub.outbox,
+        limits.max_backlog_bytes,
     )
     conn.dialect = entry.dialect
     hub.add(conn)

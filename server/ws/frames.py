@@ -37,7 +37,19 @@ CLOSE_DUPLICATE = 4009
 CLOSE_GOING_AWAY = 1001
 # 1009 (frame too big) is sent by aiohttp itself, from max_msg_size.
 
+# A close frame's payload is at most 125 bytes: the 2-byte code, then the UTF-8 reason.
+MAX_CLOSE_REASON = 123
+
 _FIN_TEXT = 0x81
+
+
+def close_reason(text: str) -> bytes:
+    """The reason as UTF-8, cut to MAX_CLOSE_REASON bytes on a character boundary (a split
+    character is invalid UTF-8: browsers then report 1007/1006 instead of our code)."""
+    data = text.encode()
+    if len(data) <= MAX_CLOSE_REASON:
+        return data
+    return data[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode()
 
 
 def text_frame(payload: bytes) -> bytes:
