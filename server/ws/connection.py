@@ -377,13 +377,18 @@ class Connection:
         assert writer is not None
         assert backlog is not None
         try:
-            while backlog and self._sendable():
+            while self._sendable():
+                # Returns once the transport is below its low-water mark.
                 await writer.drain()
                 while backlog and self._sendable():
                     data = backlog.popleft()
                     self._backlog_bytes -= len(data)
                     transport.write(data)
                     if transport.get_write_buffer_size() > self._high_water:
+                        break
+                else:
+                    # All fed, and the transport has room: frames go straight to it again.
+                    if transport.get_write_buffer_size() <= self._high_water:
                         break
         except ConnectionError:
             pass
@@ -461,9 +466,11 @@ class Connection:
             self.ws.close(code=code, message=frames.close_reason(reason), drain=False)
         )
 
-    def abort(self) -> None:
-        """Once the closing handshake is over (or timed out): whatever the transport still
-        holds is dropped instead of waiting for TCP to give up on a peer that never reads."""
+    def abort_later(self, delay: float) -> None:
+        """Once the closing handshake is over: what the transport still holds (a tail of
+        whole frames and the close frame) gets `delay` s to reach the peer, then it is
+        dropped instead of waiting for TCP to give up on a peer that never reads."""
         self._release()
-        if self._transport.get_write_buffer_size():
-            self._transport.abort()
+        transport = self._transport
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(delay, transport.abort)

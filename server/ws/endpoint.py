@@ -123,7 +123,7 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
         finally:
             if conn.closer is not None:
                 await asyncio.shield(conn.closer)
-            conn.abort()
+            conn.abort_later(CLOSE_TIMEOUT)
         log.info(
             "disconnect %s code=%s after %.1fs",
             conn.client_id,
