@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
-import os
 import logging
+import os
 import struct
 from typing import Any
 from urllib.parse import quote
@@ -16,7 +16,7 @@ from urllib.parse import quote
 from server.keys import AUTH, BUS, HUB
 from server.ws import frames
 from server.ws.connection import Connection
-from tests.conftest import WS, eventually, open_ws
+from tests.conftest import eventually, open_ws
 from tests.ws.link import RawSocket
 
 
@@ -75,9 +75,7 @@ async def test_compressed_sender_survives_close_soon_clearing_its_queue(make_cli
     client = await make_client(
         {"ws": {"compression": True, "max_queue_bytes": big, "max_backlog_bytes": big}}
     )
-    raw = await RawSocket.open(
-        client.host, client.port, "/api/v1/ws?channel=feed", deflate=True
-    )
+    raw = await RawSocket.open(client.host, client.port, "/api/v1/ws?channel=feed", deflate=True)
     hub = client.app[HUB]
     await eventually(lambda: len(hub.channels.get("feed", ())) == 1)
     (conn,) = hub.clients.values()
