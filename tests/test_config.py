@@ -54,6 +54,10 @@ def test_shipped_config_loads_with_documented_defaults():
     assert config.ws.rate_burst == 200
     assert config.ws.duplicate_client_id == "reject"
     assert config.ws.compression is False
+    assert config.ws.max_lag == 5
+    assert config.ws.max_backlog_bytes == 16 * 1024 * 1024
+    assert config.ws.max_subscriptions == 128
+    assert config.ws.max_anonymous_channels == 10000
     assert config.auth.allow_anonymous is True
     assert config.auth.anonymous_writes is False
     assert config.auth.jwt_algorithm == "HS256"
@@ -214,6 +218,18 @@ def test_below_minimum_names_the_key(tmp_path: Path):
     message = config_error(write(tmp_path, "server: {max_body_bytes: 10}\n"))
 
     assert message == "server.max_body_bytes: Must be greater than or equal to 1024."
+
+
+def test_max_lag_must_leave_room_for_the_ten_second_rule(tmp_path: Path):
+    message = config_error(write(tmp_path, "ws: {max_lag: 12}\n"))
+
+    assert message.startswith("ws.max_lag: Must be greater than or equal to 1 and less")
+
+
+def test_hard_cap_below_the_budget_is_refused(tmp_path: Path):
+    path = write(tmp_path, "ws: {max_queue_bytes: 4194304, max_backlog_bytes: 1048576}\n")
+
+    assert config_error(path) == ("ws.max_backlog_bytes: must not be less than ws.max_queue_bytes")
 
 
 def test_infinite_float_is_refused(tmp_path: Path):
