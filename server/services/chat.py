@@ -92,7 +92,8 @@ class ChatService:
         # The hub's live presence: channel -> member id -> Member.
         self.presence = presence
         self.messages_stored = 0
-        # (room, member id) -> the timer that ends that member's typing.
+        # (room, member id) -> the timer that ends that member's typing. Bound: one per
+        # member typing now (each entry ends after chat.typing_timeout).
         self._typing: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
