@@ -121,6 +121,12 @@ class Backend(Protocol):
         """Drop expired history; returns how many publications were dropped."""
 
 
+def _envelope_bytes(channels: Sequence[str]) -> int:
+    """What a publication's frame adds to its body: the envelope, each channel's name (as
+    `channel` and in `offsets`) and offset, the frame header."""
+    return ENVELOPE_BYTES + sum(2 * len(ch) + 24 for ch in channels)
+
+
 class Bus:
     def __init__(self, backend: Backend, max_payload_bytes: int = 0) -> None:
         self.backend = backend
@@ -148,10 +154,12 @@ class Bus:
         return publication
 
     async def publish_many(
-        self, events: Iterable[tuple[Sequence[str], str, dict[str, Any]]]
+        self, events: Iterable[tuple[Sequence[str], str, dict[str, Any]]], sized: bool = False
     ) -> list[Publication]:
         """Several events published in order as one batch (e.g. one per reading of a
-        request): one timestamp, one pass through the backend and one delivery."""
+        request): one timestamp, one pass through the backend and one delivery.
+        `sized`: the caller knows each body fits the budget (see check_size), so they are
+        not encoded once more to make sure."""
         stamp = codec.isotime()
         # A batch repeats a few channel lists many times (one per reading of a sensor):
         # each distinct list is de-duplicated once.
@@ -163,9 +171,17 @@ class Bus:
             if names is None:
                 names = unique[key] = tuple(dict.fromkeys(key))
             batch.append(Publication(names, kind, body, stamp))
-        if self.max_payload_bytes:
+        limit = self.max_payload_bytes
+        if limit and not sized:
+            # One encode of each body, not per delivery; the envelope once per channel list.
+            room: dict[tuple[str, ...], int] = {}
+            dumps = codec.dumps
             for pub in batch:
-                self.check_size(pub.channels, pub.body)
+                left = room.get(pub.channels)
+                if left is None:
+                    left = room[pub.channels] = limit - _envelope_bytes(pub.channels)
+                if len(dumps(pub.body)) > left:
+                    self.check_size(pub.channels, pub.body)
         if batch:
             await self.backend.publish(batch)
         return batch
@@ -176,7 +192,7 @@ class Bus:
         limit = self.max_payload_bytes
         if not limit:
             return
-        size = len(codec.dumps(body)) + ENVELOPE_BYTES + sum(2 * len(ch) + 24 for ch in channels)
+        size = len(codec.dumps(body)) + _envelope_bytes(channels)
         if size > limit:
             raise TooLarge(
                 f"a publication of {size} bytes exceeds the {limit}-byte outbound budget "

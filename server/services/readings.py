@@ -150,6 +150,13 @@ def _next_key(rows: list[Row], limit: int, after: Any) -> str | None:
     return encode_cursor([moment, key[1], key[2], run])
 
 
+# A reading's event beyond its metrics (envelope, channels, ids, timestamp), and the most
+# one metric adds: a name of at most 100 characters (6 bytes each when JSON-escaped) and a
+# number. Readings with few enough metrics cannot exceed the outbound budget.
+READING_EVENT_BYTES = 1024
+METRIC_BYTES = 640
+
+
 def _events(readings: list[Reading], raised: list[tuple[int, Row]]) -> Iterator[Event]:
     """Each reading's event (reading_event's shape, built inline: this runs per reading),
     then the anomalies it raised. A generator: Bus.publish_many takes each event as it
@@ -209,6 +216,7 @@ class ReadingService:
                         found.append((index, sensor_id, metric, value, low, high, ts))
         if unknown:
             raise ValidationFailed(details=unknown if batch else unknown["0"])
+        self._check_sizes(readings)
         try:
             stored = await queries.store_readings(
                 self.storage, (r[:3] for r in readings), [a[1:] for a in found]
@@ -222,9 +230,24 @@ class ReadingService:
         await self._publish(readings, raised)
         return {"accepted": len(readings)}
 
+    def _check_sizes(self, readings: list[Reading]) -> None:
+        """TooLarge (413) before anything is stored for a reading whose event would not fit
+        a subscriber's budget. Only readings with enough metrics to possibly not fit are
+        encoded to find out: encoding every reading of a batch twice costs too much."""
+        limit = self.bus.max_payload_bytes
+        if not limit:
+            return
+        many = max(0, limit - READING_EVENT_BYTES) // METRIC_BYTES
+        for sensor_id, _, values, stamp in readings:
+            if len(values) > many:
+                channels = ("readings", f"readings:{sensor_id}", f"sensors:{sensor_id}")
+                data = {"sensor_id": sensor_id, "timestamp": stamp, "values": values}
+                self.bus.check_size(channels, {"entity_type": "sensor", "data": data})
+
     async def _publish(self, readings: list[Reading], raised: list[tuple[int, Row]]) -> None:
-        """Each reading, then the anomalies it raised; one publication each, one batch."""
-        await self.bus.publish_many(_events(readings, raised))
+        """Each reading, then the anomalies it raised; one publication each, one batch.
+        Readings were sized by _check_sizes; anomalies are small."""
+        await self.bus.publish_many(_events(readings, raised), sized=True)
 
     async def query(self, args: dict[str, Any]) -> dict[str, Any]:
         limit = args["limit"]

@@ -159,3 +159,22 @@ async def test_a_publication_over_the_budget_is_refused_413_and_not_delivered(ma
     frame = await ws.recv_type("event")
     assert frame["data"] == {"ok": 1}
     assert frame["offset"] == 1
+
+
+async def test_a_reading_over_the_budget_is_refused_413_before_it_is_stored(make_client):
+    client = await make_client({"ws": {"max_queue_bytes": 64 * 1024}})
+    sid = await add_sensor(client)
+    tok = client.app[AUTH].mint("tester", "service")
+
+    def reading(metrics: int) -> dict[str, Any]:
+        return {"sensor_id": sid, "values": {f"{i:0>100}": i for i in range(metrics)}}
+
+    batch = [reading(1), reading(1000)]
+    resp = await client.post("/api/v1/readings", json=batch, headers=auth_header(tok))
+    await error_of(resp, 413, "too_large")
+    storage = client.app[SERVICES].storage
+    assert await storage.fetchval("SELECT count(*) FROM readings") == 0
+    # Many metrics that still fit are fine.
+    resp = await client.post("/api/v1/readings", json=reading(200), headers=auth_header(tok))
+    assert resp.status == 201
+    assert await storage.fetchval("SELECT count(*) FROM readings") == 1
