@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
 
 import aiohttp
 
 from server.keys import BUS, HUB
 from server.ws.endpoint import close_all
 from tests.conftest import eventually, open_ws
+from tests.ws.link import RawSocket
 
 
 async def test_frame_over_max_message_bytes_closes_1009(client, connect):
@@ -97,30 +95,11 @@ async def test_per_ip_limit(make_client):
     assert await extra.closed() == (4008, "too many connections from this address")
 
 
-async def _stalled_reader(host: str, port: int, path: str) -> socket.socket:
-    """A raw WebSocket client that completes the handshake and then never reads."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (host, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await loop.sock_sendall(sock, request.encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await loop.sock_recv(sock, 1)
-    assert head.startswith(b"HTTP/1.1 101")
-    return sock
-
-
 async def test_stalled_reader_is_dropped_4008_while_others_keep_receiving(make_client):
     client = await make_client({"ws": {"max_queue_bytes": 64 * 1024, "max_lag": 1}})
     hub = client.app[HUB]
-    stalled = await _stalled_reader(client.host, client.port, "/api/v1/ws?channel=firehose")
+    # Completes the handshake, then never reads.
+    stalled = await RawSocket.open(client.host, client.port, "/api/v1/ws?channel=firehose")
     healthy = await open_ws(client, "/api/v1/ws?channel=firehose")
     await eventually(lambda: len(hub.channels.get("firehose", ())) == 2)
     bus = client.app[BUS]
