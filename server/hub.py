@@ -33,8 +33,12 @@ class Snapshot:
 
 @dataclass(slots=True)
 class Member:
-    """One user on a presence channel, however many sockets (tabs) they have there."""
+    """One user on a presence channel, however many sockets (tabs) they have there.
 
+    `key` is the identity (Connection.member_id: anonymous labels are prefixed, so they
+    never merge with a token's user); `user_id` is what clients are shown."""
+
+    key: str
     user_id: str
     username: str
     sockets: int = 0
@@ -226,7 +230,9 @@ class Hub:
         members = self.presence.setdefault(channel, {})
         member = members.get(conn.member_id)
         if member is None:
-            member = members[conn.member_id] = Member(conn.member_id, conn.member_name)
+            member = members[conn.member_id] = Member(
+                conn.member_id, conn.member_label, conn.member_name
+            )
         member.sockets += 1
         return member if member.sockets == 1 else None
 
@@ -246,7 +252,7 @@ class Hub:
 
     async def _announce(self, channel: str, kind: str, member: Member) -> None:
         await self.bus.publish_ephemeral(
-            channel, kind, {"data": member.public()}, exclude=member.user_id
+            channel, kind, {"data": member.public()}, exclude=member.key
         )
 
     def members(self, channel: str) -> list[Member]:
@@ -361,13 +367,3 @@ class Hub:
             data = pub.translated(conn.dialect, channel)
             return int(data is not None and conn.write(frames.text_frame(data), data))
         return int(conn.write(wire, pub.payload(channel)))
-
-    # -- introspection -------------------------------------------------------------------
-
-    def channel_stats(self, channel: str) -> dict[str, Any]:
-        subs = self.channels.get(channel, ())
-        return {
-            "channel": channel,
-            "subscribers": len(subs),
-            "users": sorted({c.principal.sub for c in subs}),
-        }

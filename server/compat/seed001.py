@@ -160,7 +160,7 @@ async def _enter(session: Session, room: str) -> None:
     channel = room_channel(room)
     if channel in conn.subscriptions:
         return
-    if not dispatcher.policy.can_subscribe(conn.principal, channel):
+    if not dispatcher.policy.can_read(conn.principal, channel):
         raise Forbidden(f"not allowed to join {channel}")
     await dispatcher.join(conn, channel)
 
@@ -187,6 +187,8 @@ async def seed_request(session: Session, frame: dict[str, Any]) -> None:
         session.reply("response", frame_id, data={"conversations": conversations})
     elif resource == "conversations" and action == "get":
         room = _conversation_id({"conversation_id": args.get("conversation_id", args.get("id"))})
+        # The one read check before anything of the room is told.
+        session.dispatcher.policy.check_read(conn.principal, room_channel(room))
         rooms = await operations[("rooms", "list")].run(ctx, {})
         found = [r for r in rooms["items"] if r["room"] == room]
         if not found:

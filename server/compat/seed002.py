@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.api.respond import json_response
+from server.api.stats_view import caller_view
 from server.compat.views import rooms
 from server.hub import Hub
 from server.keys import HUB
@@ -28,7 +29,7 @@ class ChatRoomEntry(RoomEntry):
 
 async def ws_stats(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    by_room = rooms(hub)
+    by_room = rooms(hub, caller_view(request))
     return json_response(
         {"total_connections": len(hub.clients), "total_rooms": len(by_room), "rooms": by_room}
     )

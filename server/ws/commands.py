@@ -16,7 +16,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from server import codec
 from server.api.operations import Ctx, Operation
 from server.bus import Position, Publication
-from server.channels import ChannelPolicy, validate_channel
+from server.channel_names import validate_channel
+from server.channels import ChannelPolicy
 from server.errors import (
     ApiError,
     BadRequest,
@@ -104,7 +105,7 @@ class Session:
 
     def ctx(self) -> Ctx:
         d = self.dispatcher
-        return Ctx(self.conn.principal, d.services(), d.hub, d.config)
+        return Ctx(self.conn.principal, d.services(), d.hub, d.config, d.policy)
 
 
 CommandFn = Callable[[Session, dict[str, Any]], Awaitable[None]]
@@ -127,7 +128,7 @@ def command(type: str, schema: type[Schema]) -> Callable[[CommandFn], Command]:
 @command("subscribe", SubscribeFrame)
 async def subscribe(session: Session, frame: dict[str, Any]) -> None:
     channel, conn = frame["channel"], session.conn
-    if not session.dispatcher.policy.can_subscribe(conn.principal, channel):
+    if not session.dispatcher.policy.can_read(conn.principal, channel):
         raise Forbidden(f"not allowed to subscribe to {channel}")
     if channel in conn.subscriptions:
         raise Conflict(f"already subscribed to {channel}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from server.auth import ANONYMOUS_KEY_PREFIX
 from server.config import ANONYMOUS
 from server.ws import frames
 
@@ -165,8 +166,18 @@ class Connection:
 
     @property
     def member_id(self) -> str:
-        """Who this socket is in chat and presence: the token's subject or the anonymous
-        `user_id` label; an anonymous socket with neither is a member of its own."""
+        """Who this socket is in chat, presence and receipts (an identity key): the token's
+        subject, or for an anonymous socket `anonymous:` + its label, so a `?user_id=1`
+        never merges with, or acts as, authenticated user 1."""
+        principal = self.principal
+        if principal.anonymous:
+            return ANONYMOUS_KEY_PREFIX + self.member_label
+        return principal.sub
+
+    @property
+    def member_label(self) -> str:
+        """The id this socket shows in chat and presence: the token's subject or the
+        anonymous `user_id` label; an anonymous socket with neither shows its client id."""
         principal = self.principal
         if principal.anonymous and principal.sub == ANONYMOUS:
             return self.client_id
@@ -174,7 +185,7 @@ class Connection:
 
     @property
     def member_name(self) -> str:
-        return self.principal.name or self.member_id
+        return self.principal.name or self.member_label
 
     def buffered(self) -> int:
         size = self._transport.get_write_buffer_size() + self._pending_bytes

@@ -17,7 +17,7 @@ from multidict import MultiDict
 from server.api.middleware import bearer_token
 from server.api.respond import error_response
 from server.auth import Principal
-from server.channels import parse_channel_list
+from server.channel_names import parse_channel_list
 from server.compat import Dialect
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from server.hub import Hub, HubStats, Member
@@ -195,7 +195,7 @@ def _admit(
     except BadRequest as exc:
         raise Refusal(frames.CLOSE_BAD_REQUEST, exc.message) from None
     for channel in channels:
-        if not app[POLICY].can_subscribe(principal, channel):
+        if not app[POLICY].can_read(principal, channel):
             raise Refusal(frames.CLOSE_FORBIDDEN, f"not allowed: {channel}")
 
     ip = client_ip(request)
