@@ -64,6 +64,7 @@ class Hub:
         self.channels: dict[str, set[Connection]] = {}
         # channel -> member id -> Member, for channels whose namespace has presence on.
         self.presence: dict[str, dict[str, Member]] = {}
+        # Connection.client_key (client_id within its principal's scope) -> its socket.
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
         self.stats = HubStats()
@@ -74,7 +75,7 @@ class Hub:
     # -- connections -------------------------------------------------------------------
 
     def add(self, conn: Connection) -> None:
-        self.clients[conn.client_id] = conn
+        self.clients[conn.client_key] = conn
         self.per_ip[conn.ip] += 1
         self.stats.connections_total += 1
 
@@ -91,8 +92,8 @@ class Hub:
             if member is not None:
                 gone.append((channel, member))
         conn.subscriptions.clear()
-        if self.clients.get(conn.client_id) is conn:
-            del self.clients[conn.client_id]
+        if self.clients.get(conn.client_key) is conn:
+            del self.clients[conn.client_key]
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]

@@ -171,7 +171,7 @@ async def _run(session: Session, frame_id: Any, resource: str, action: str, args
     await native_request.fn(session, native)
 
 
-@command(REQUEST_TYPE, SeedRequestFrame)
+@command(REQUEST_TYPE, SeedRequestFrame, internal=True)
 async def seed_request(session: Session, frame: dict[str, Any]) -> None:
     conn = session.conn
     if not isinstance(conn.dialect, Seed001Dialect):

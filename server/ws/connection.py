@@ -35,6 +35,11 @@ SLOW_CONSUMER = "slow consumer"
 FLUSH_BYTES = 16 * 1024
 
 
+def client_key(principal: Principal, client_id: str) -> str:
+    """See Connection.client_key."""
+    return client_id if principal.anonymous else f"{client_id}\t{principal.sub}"
+
+
 class TokenBucket:
     """`rate` frames/s with bursts of `burst`; remembers since when the peer is over it.
 
@@ -104,6 +109,7 @@ class Connection:
         "closing",
         "connected_at",
         "dialect",
+        "expiry",
         "ip",
         "limit",
         "on_drop",
@@ -137,6 +143,8 @@ class Connection:
         self.dialect: Dialect | None = None
         self.closing = False
         self.closer: asyncio.Task[bool] | None = None
+        # The timer that closes the socket when its token expires (server.ws.expiry).
+        self.expiry: asyncio.TimerHandle | None = None
         # channel -> first offset this connection receives there (live or recovered): a
         # publication also on another channel at or past that offset was already delivered.
         self.subscriptions: dict[str, int] = {}
@@ -163,6 +171,14 @@ class Connection:
     @property
     def user(self) -> dict[str, Any]:
         return self.principal.public()
+
+    @property
+    def client_key(self) -> str:
+        """The client id within its principal's scope: a client id is unique per
+        authenticated user (anonymous sockets share one scope), so nobody can take over
+        or squat another user's id. Anonymous: the client id itself; authenticated: the
+        client id, a tab (never in a client id) and the token's subject."""
+        return client_key(self.principal, self.client_id)
 
     @property
     def member_id(self) -> str:
