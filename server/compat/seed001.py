@@ -106,12 +106,24 @@ class Seed001Dialect(Dialect):
         if kind == "error":
             error = {k: frame.get(k) for k in ("code", "message", "details")}
             return _reply("error", frame, error)
+        if kind == "event" and _notify_event(frame.get("data")):
+            # The seed backend's notify_event(X, data), posted as {"type": X, "data": data}
+            # to /api/v1/events/{channel}: its clients listen for X itself (SPEC §10).
+            event = frame["data"]
+            return _event(frame, event["type"], event["data"])
         if kind == "message":
             if frame.get("history"):
                 # Replayed on join; the seed's clients read history with `messages get_all`.
                 return None
             return _event(frame, "new_message", seed_message(frame["data"]))
         return _event(frame, str(kind), {k: v for k, v in frame.items() if k not in _ENVELOPE})
+
+
+def _notify_event(data: Any) -> bool:
+    """Whether an `event`'s data is a seed notify_event: exactly {type: str, data}."""
+    return (
+        isinstance(data, dict) and data.keys() == {"type", "data"} and isinstance(data["type"], str)
+    )
 
 
 def _reply(kind: str, frame: dict[str, Any], payload: Any) -> dict[str, Any]:
