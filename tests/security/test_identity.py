@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from server.keys import AUTH, HUB, SERVICES
 from tests.api.test_system import error_of
-from tests.conftest import WS, auth_header, open_ws
+from tests.conftest import WS, auth_header, eventually, open_ws
 
 # Close deadlines are generous: the machine is shared; nothing asserts elapsed time.
 CLOSE_DEADLINE = 20.0
@@ -225,9 +225,7 @@ async def test_closed_socket_cancels_its_expiry_timer(leeway_client: TestClient)
     assert timer is not None
 
     await ws.close()
-    deadline = asyncio.get_running_loop().time() + CLOSE_DEADLINE
-    while client.app[HUB].clients and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: not client.app[HUB].clients, timeout=CLOSE_DEADLINE)
 
     assert timer.cancelled()
     assert conn.expiry is None
