@@ -42,6 +42,9 @@ class ChannelPolicy:
             return not principal.anonymous and ident == principal.sub
         return principal.role in self.config.rule(ns).subscribe
 
+    # Subscribing is reading: the same check under the name older callers use.
+    can_subscribe = can_read
+
     def check_read(self, principal: Principal, channel: str) -> None:
         """Forbidden unless `principal` may read `channel`."""
         if not self.can_read(principal, channel):

@@ -38,10 +38,14 @@ class Member:
     `key` is the identity (Connection.member_id: anonymous labels are prefixed, so they
     never merge with a token's user); `user_id` is what clients are shown."""
 
-    key: str
     user_id: str
     username: str
     sockets: int = 0
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.user_id
 
     def public(self) -> dict[str, str]:
         return {"user_id": self.user_id, "username": self.username}
@@ -232,7 +236,7 @@ class Hub:
         member = members.get(conn.member_id)
         if member is None:
             member = members[conn.member_id] = Member(
-                conn.member_id, conn.member_label, conn.member_name
+                conn.member_label, conn.member_name, key=conn.member_id
             )
         member.sockets += 1
         return member if member.sockets == 1 else None
