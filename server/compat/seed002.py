@@ -42,8 +42,16 @@ class Seed002Dialect(Dialect):
     name = "seed002"
     # Its README's server -> client table.
     TYPES = frozenset(
-        ("connected", "message", "message_sent", "user_joined", "user_left", "typing")
-        + ("pong", "error")
+        {
+            "connected",
+            "message",
+            "message_sent",
+            "user_joined",
+            "user_left",
+            "typing",
+            "pong",
+            "error",
+        }
     )
 
     def outbound(self, frame: dict[str, Any]) -> dict[str, Any] | None:
