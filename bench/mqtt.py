@@ -84,6 +84,10 @@ class Broker:
             self.proc.wait(10)
 
 
+def _missing_tools() -> str | None:
+    return next((b for b in (MOSQUITTO, MOSQUITTO_PUB) if not Path(b).exists()), None)
+
+
 def extra_config(port: int, token: str) -> str:
     return (
         f"auth: {{api_tokens: [{{name: bench, token: {token}, role: service}}]}}\n"
@@ -118,7 +122,7 @@ async def _wait_stored(
     return last, last_at
 
 
-async def _devices(
+def _devices(
     broker_port: int, sensor_ids: list[int], lines_for: Any, qos: int
 ) -> list[subprocess.Popen[bytes]]:
     procs = []
@@ -147,7 +151,7 @@ async def _case(
 ) -> dict[str, Any]:
     before = await _stored(http)
     cpu0, t0 = _cpu(pid), time.monotonic()
-    procs = await _devices(broker_port, sensor_ids, lines_for, qos)
+    procs = _devices(broker_port, sensor_ids, lines_for, qos)
     stored, t1 = await _wait_stored(http, before + readings)
     cpu1 = _cpu(pid)
     for proc in procs:
@@ -215,10 +219,9 @@ async def _rest(http: aiohttp.ClientSession, pid: int, sensor_ids: list[int]) ->
 
 async def measure(running: Any, core: int | None) -> dict[str, Any]:
     """`running(name, core, database_url, extra_config)`: run.py's server starter."""
-    for binary in (MOSQUITTO, MOSQUITTO_PUB):
-        if not Path(binary).exists():
-            print(f"  [mqtt] skipped: {binary} not installed", flush=True)
-            return {"skipped": f"{binary} not installed"}
+    if missing := _missing_tools():
+        print(f"  [mqtt] skipped: {missing} not installed", flush=True)
+        return {"skipped": f"{missing} not installed"}
     workdir = Path(tempfile.mkdtemp(prefix="sensorcast-bench-mqtt-"))
     broker = Broker(workdir)
     token = secrets.token_urlsafe(24)

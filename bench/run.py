@@ -51,8 +51,8 @@ if str(BENCH_DIR) not in sys.path:  # imported as a module rather than run as a 
     sys.path.insert(0, str(BENCH_DIR))
 
 import ingest  # noqa: E402  (needs the sys.path line above)
-import mqtt  # noqa: E402
 import loadgen as lg  # noqa: E402
+import mqtt  # noqa: E402
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"

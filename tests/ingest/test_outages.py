@@ -4,8 +4,10 @@ PID) and the server itself (a crash between receipt and storage: QoS 1 redeliver
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -18,6 +20,9 @@ from server.services.readings import Reading, ReadingService
 from tests.conftest import eventually, make_config
 from tests.ingest.conftest import PrivateBroker, Topics, publish
 from tests.ingest.test_bridge import add_sensor, stored
+from tests.storage.conftest import PgSchema, pg_schema, pg_server_url  # noqa: F401
+from tests.storage.tcp_proxy import TcpProxy
+from tests.storage.test_health_postgres import through
 
 
 @pytest.fixture
@@ -122,3 +127,37 @@ async def test_a_crash_between_receipt_and_storage_loses_nothing(
     finally:
         await revived.stop(5)
     assert revived.state == "stopped"
+
+
+async def test_database_away_holds_the_batch_unacknowledged_then_stores_it(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    pg_schema: PgSchema,  # noqa: F811
+    private_broker: PrivateBroker,
+    mqtt_settings: dict[str, Any],
+    topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = urlsplit(pg_schema.server_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    try:
+        url = through(pg_schema.url, proxy.port)
+        settings = {**mqtt_settings, "url": private_broker.url}
+        config = make_config(tmp_path, {"database": {"url": url}, "mqtt": settings})
+        client = await aiohttp_client(create_app(config))
+        bridge = client.app[MQTT]
+        await eventually(lambda: bridge.state == "connected", timeout=10)
+        sid = await add_sensor(client)
+
+        await proxy.stop()
+        with caplog.at_level(logging.WARNING, logger="server.ingest.mqtt"):
+            await publish(private_broker.url, [(topics.sensor(sid), b'{"t": 7}')])
+            await eventually(lambda: "holding the batch" in caplog.text, timeout=15)
+        assert (bridge.stats.accepted, bridge.stats.rejected) == (0, 0)
+        await proxy.start()
+        await eventually(lambda: bridge.stats.accepted == 1, timeout=20)
+        assert await stored(client) == [(sid, "t", 7.0)]
+        assert caplog.text.count("holding the batch") == 1  # said once, not per retry
+    finally:
+        await proxy.stop()
