@@ -20,6 +20,7 @@ from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub, HubLimits
+from server.ingest.mqtt import mqtt_ctx
 from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
@@ -66,6 +67,8 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    if config.mqtt.enabled:
+        app.cleanup_ctx.append(mqtt_ctx)
     app.on_shutdown.append(close_all)
     if config.auth.anonymous_writes:
         log.warning("auth.anonymous_writes is on: anyone who can reach this server may write")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.channels import ChannelPolicy
     from server.config import Config
     from server.hub import Hub
+    from server.ingest.mqtt import MqttBridge
     from server.services import Services
     from server.ws.commands import Dispatcher
 
@@ -29,3 +30,4 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 LOGIN_LIMITS: web.AppKey[LoginLimits] = web.AppKey("login_limits")
 OPENAPI = web.AppKey("openapi", bytes)
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
+MQTT: web.AppKey[MqttBridge] = web.AppKey("mqtt")
