@@ -8,6 +8,7 @@ and its backlog released; a publication that could never fit a budget is refused
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -177,4 +178,21 @@ async def test_a_reading_over_the_budget_is_refused_413_before_it_is_stored(make
     # Many metrics that still fit are fine.
     resp = await client.post("/api/v1/readings", json=reading(200), headers=auth_header(tok))
     assert resp.status == 201
+    assert await storage.fetchval("SELECT count(*) FROM readings") == 1
+
+
+async def test_an_mqtt_batch_refuses_only_the_body_over_the_budget(make_client):
+    client = await make_client({"ws": {"max_queue_bytes": 64 * 1024}})
+    sid = await add_sensor(client)
+    now = datetime.now(UTC)
+    stamp = now.isoformat()
+    small = [(sid, now, {"t": 1.0}, stamp)]
+    huge = [(sid, now, {f"{i:0>100}": float(i) for i in range(1000)}, stamp)]
+
+    answers = await client.app[SERVICES].readings.ingest_each([small, huge])
+
+    assert answers[0] is None
+    assert answers[1] is not None
+    assert "outbound budget" in answers[1]["_schema"][0]
+    storage = client.app[SERVICES].storage
     assert await storage.fetchval("SELECT count(*) FROM readings") == 1
