@@ -331,6 +331,13 @@ async def read_frame(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     return frame
 
 
+async def read_err(proc: asyncio.subprocess.Process) -> bytes:
+    assert proc.stderr is not None
+    line = await asyncio.wait_for(proc.stderr.readline(), LINE_TIMEOUT)
+    assert line, "tail ended its stderr"
+    return line
+
+
 async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
     children: list[asyncio.subprocess.Process] = []
     server.start()
@@ -347,20 +354,18 @@ async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
 
             tail = await cli(server, "tail", "general")
             children.append(tail)
-            hello = await read_frame(tail)
-            assert hello["type"] == "connection"
-            assert hello["subscriptions"] == ["general"]
-            assert hello["user"]["role"] == "service"
-            subscribed = await read_frame(tail)
-            assert subscribed["type"] == "subscribed"
-            assert subscribed["channel"] == "general"
+            # tail says on stderr once it is subscribed: stdout holds only the channel's frames.
+            assert b"tailing general after offset 0" in await read_err(tail)
+            position = await (
+                await session.get(f"{server.url}/api/v1/stats/channels/general")
+            ).json()
 
             pub = await cli(server, "publish", "general", '{"hello":1}')
             children.append(pub)
             out, err = await asyncio.wait_for(pub.communicate(), RUN_TIMEOUT)
             assert pub.returncode == 0, err
             receipt = codec.loads(out)
-            assert receipt == {"channel": "general", "offset": 1, "epoch": subscribed["epoch"]}
+            assert receipt == {"channel": "general", "offset": 1, "epoch": position["epoch"]}
 
             event = await read_frame(tail)
             assert event["type"] == "event"
@@ -382,9 +387,11 @@ async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
             assert rc == 0, server.log()
             assert elapsed < SHUTDOWN_TIMEOUT, elapsed
 
-            _, tail_err = await asyncio.wait_for(tail.communicate(), LINE_TIMEOUT)
-            assert tail.returncode == 0
-            assert b"closed (1001)" in tail_err
+            # The client reconnects by itself, and says so on stderr.
+            assert b"disconnected (1001 server shutting down)" in await read_err(tail)
+            assert b"reconnecting in" in await read_err(tail)
+            tail.send_signal(signal.SIGINT)
+            await asyncio.wait_for(tail.wait(), LINE_TIMEOUT)
             assert "Traceback" not in server.log()
     finally:
         for child in children:
