@@ -175,10 +175,17 @@ class Client:
         self,
         frame: Mapping[str, Any],
         timeout: float | None = None,  # noqa: ASYNC109 - as request()
+        reply: bool = True,
     ) -> Any:
-        """Any client frame (message, typing, join_room, ping...) as a request: answered
-        by its reply frame (pong, message_sent, response...) or an error."""
-        return await self._call(dict(frame), timeout)
+        """Any client frame (message, typing, join_room, ping...). With reply, the answer
+        frame (pong, message_sent, response...) or RequestError; without (typing, which
+        has no answer), sent if connected and dropped if not: it would be stale later."""
+        if reply:
+            return await self._call(dict(frame), timeout)
+        self._check_open()
+        if self._ws is not None and self.connected:
+            await self._ws.send_str(orjson.dumps(dict(frame)).decode())
+        return None
 
     # Internals
 
