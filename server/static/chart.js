@@ -126,6 +126,32 @@ export class LiveChart {
     if (this.plot) this.plot.setSize(this._size());
   }
 
+  /** The sensor's thresholds for the shown metric, as dashed lines where they are in view. */
+  _drawThresholds(u) {
+    const th = this.sensor?.thresholds?.[this.metric];
+    if (!th) return;
+    const { ctx } = u;
+    const { left, top, width, height } = u.bbox;
+    ctx.save();
+    ctx.strokeStyle = "rgba(248,81,73,0.75)";
+    ctx.fillStyle = "rgba(248,81,73,0.9)";
+    ctx.lineWidth = 1 * devicePixelRatio;
+    ctx.setLineDash([4 * devicePixelRatio, 4 * devicePixelRatio]);
+    ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+    for (const [key, label] of [["max", "max"], ["min", "min"]]) {
+      if (typeof th[key] !== "number") continue;
+      const y = u.valToPos(th[key], "y", true);
+      if (y < top || y > top + height) continue;
+      ctx.beginPath();
+      ctx.moveTo(left, y);
+      ctx.lineTo(left + width, y);
+      ctx.stroke();
+      const text = `${label} ${th[key]}`;
+      ctx.fillText(text, left + width - ctx.measureText(text).width - 6 * devicePixelRatio, y - 4 * devicePixelRatio);
+    }
+    ctx.restore();
+  }
+
   _create(data) {
     const unit = this.sensor?.unit || "";
     const axis = { stroke: "#8b98a9", grid: { stroke: "#222b37", width: 1 }, ticks: { stroke: "#263141" } };
@@ -141,6 +167,7 @@ export class LiveChart {
           { label: "forecast", stroke: "#c297ff", width: 2, dash: [6, 5], spanGaps: true, points: { show: false } },
         ],
         legend: { show: false },
+        hooks: { draw: [(u) => this._drawThresholds(u)] },
       },
       data,
       this.el,

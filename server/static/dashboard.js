@@ -94,7 +94,13 @@ class Dashboard {
     c.subscribe("sensors", { onFrame: (f) => this.onSensorEvent(f), onGap: () => this.loadSensors() });
     c.subscribe("readings", { onFrame: (f) => this.onReading(f), onGap: () => this.loadLatest() });
     c.subscribe("anomalies", { onFrame: (f) => this.onAnomaly(f), onGap: () => this.loadAnomalies() });
-    c.subscribe("predictions", { onFrame: (f) => f.data && this.chart.setForecast(f.data) });
+    c.subscribe("predictions", {
+      onFrame: (f) => {
+        if (f.event_type !== "prediction_completed") return;
+        this.chart.setForecast(f.data);
+        this.schedule();
+      },
+    });
     c.subscribe("general", { onFrame: (f) => this.addNotification(f) });
   }
 
