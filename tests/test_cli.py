@@ -331,11 +331,21 @@ async def read_frame(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     return frame
 
 
-async def read_err(proc: asyncio.subprocess.Process) -> bytes:
+async def read_err(proc: asyncio.subprocess.Process, timeout: float = LINE_TIMEOUT) -> bytes:
     assert proc.stderr is not None
-    line = await asyncio.wait_for(proc.stderr.readline(), LINE_TIMEOUT)
+    line = await asyncio.wait_for(proc.stderr.readline(), timeout)
     assert line, "tail ended its stderr"
     return line
+
+
+async def read_err_until(proc: asyncio.subprocess.Process, wanted: bytes) -> None:
+    """Skip stderr lines (more reconnect attempts) until one holds `wanted`."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        # A backoff delay may reach 8 s by the fifth attempt: wait longer than for a line.
+        if wanted in await read_err(proc, RUN_TIMEOUT):
+            return
+    raise AssertionError(f"no {wanted!r} on stderr")
 
 
 async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
@@ -390,6 +400,10 @@ async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
             # The client reconnects by itself, and says so on stderr.
             assert b"disconnected (1001 server shutting down)" in await read_err(tail)
             assert b"reconnecting in" in await read_err(tail)
+            # Back on a new local bus: tail reconnects and says the gap was not recovered.
+            server.start()
+            await read_err_until(tail, b"reconnected")
+            await read_err_until(tail, b"general: events were missed and could not be recovered")
             tail.send_signal(signal.SIGINT)
             await asyncio.wait_for(tail.wait(), LINE_TIMEOUT)
             assert "Traceback" not in server.log()

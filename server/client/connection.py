@@ -227,7 +227,7 @@ class Client:
         if self.on_status is not None:
             self.on_status(event, details)
 
-    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+    async def _connect(self, reconnect: bool = False) -> aiohttp.ClientWebSocketResponse:
         """One connection up to its `connection` frame; AuthError on 4001/4003."""
         assert self._session is not None
         params = {"client_id": self.client_id}
@@ -258,6 +258,8 @@ class Client:
         for data in self._outbox.values():
             await ws.send_str(data.decode())
         self._outbox.clear()
+        if reconnect:
+            self.reconnects += 1
         self._connected.set()
         self._status("connected", client_id=hello.get("client_id"), reconnects=self.reconnects)
         return ws
@@ -293,13 +295,12 @@ class Client:
                     await self._sleep(delay)
                     attempt += 1
                     try:
-                        ws = await self._connect()
+                        ws = await self._connect(reconnect=True)
                     except ConnectError as exc:
                         log.debug("reconnect failed: %s", exc)
                         continue
                     break
                 attempt = 0
-                self.reconnects += 1
         except (AuthError, RequestError) as exc:
             self._finish(exc)
         except asyncio.CancelledError:

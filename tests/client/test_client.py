@@ -127,8 +127,10 @@ async def test_refused_subscribe_is_an_error_and_the_client_stays(live: LiveServ
 
 async def test_reconnect_after_the_server_drops_the_socket_recovers(live: LiveServer) -> None:
     gate = Gate()
-    status: list[str] = []
-    client = Client(live.url, live.token(), sleep=gate, on_status=lambda e, d: status.append(e))
+    status: list[tuple[str, Any]] = []
+    client = Client(
+        live.url, live.token(), sleep=gate, on_status=lambda e, d: status.append((e, d))
+    )
     async with client:
         sub = client.subscribe(CHANNEL)
         await sub.ready()
@@ -147,7 +149,9 @@ async def test_reconnect_after_the_server_drops_the_socket_recovers(live: LiveSe
         assert all(f["type"] == "event" for f in frames)
         assert client.reconnects == 1
         assert sub.gaps == 0
-        assert status == ["connected", "disconnected", "reconnecting", "connected"]
+        assert [e for e, _ in status] == ["connected", "disconnected", "reconnecting", "connected"]
+        assert [d.get("reconnects") for e, d in status if e == "connected"] == [0, 1]
+        assert status[1][1]["code"] == 1011
         # No duplicate follows: a round trip through the socket is the fence.
         await client.send({"type": "ping"})
         assert sub._queue.empty()
@@ -260,3 +264,41 @@ async def test_a_silent_server_is_detected_by_its_missing_heartbeat() -> None:
         assert len(gate.delays) >= 1
     finally:
         await runner.cleanup()
+
+
+async def test_a_publication_on_two_subscribed_channels_reaches_each_iterator_once(
+    live: LiveServer,
+) -> None:
+    async with connect(live.url, live.token()) as client:
+        sensor = await client.request("sensors", "create", {"type": "temperature"})
+        every, one = client.subscribe("readings"), client.subscribe(f"readings:{sensor['id']}")
+        await every.ready()
+        await one.ready()
+        reading = {"sensor_id": sensor["id"], "values": {"t": 1.5}}
+        assert await client.request("readings", "create", {"body": reading}) == {"accepted": 1}
+        (a,), (b,) = await take(every, 1), await take(one, 1)
+        assert a is b  # one frame on the wire, routed to both
+        assert a["data"]["values"] == {"t": 1.5}
+        assert set(a["offsets"]) >= {"readings", f"readings:{sensor['id']}"}
+        assert every.position is not None
+        assert every.position.offset == a["offsets"]["readings"]
+        await client.send({"type": "ping"})
+        assert every._queue.empty()
+        assert one._queue.empty()
+
+
+def test_tail_reports_reconnects_and_gaps_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    from server.client_cli import _status
+
+    _status("disconnected", {"code": 1001, "reason": "server shutting down"})
+    _status("reconnecting", {"attempt": 2, "delay": 0.73})
+    _status("connected", {"reconnects": 1})
+    _status("gap", {"channel": "readings"})
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "sensorcast: disconnected (1001 server shutting down)",
+        "sensorcast: reconnecting in 0.7 s (attempt 2)",
+        "sensorcast: reconnected",
+        "sensorcast: readings: events were missed and could not be recovered",
+    ]
