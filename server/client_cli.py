@@ -11,7 +11,6 @@ import orjson
 from server.client import (
     AuthError,
     ClientError,
-    ConnectError,
     RequestError,
     Subscription,
     connect,
@@ -33,18 +32,22 @@ async def publish_once(url: str, token: str, channel: str, event_json: str) -> i
     try:
         async with connect(url, token) as client:
             result = await client.request("events", "create", {"channel": channel, "event": event})
-    except ConnectError as exc:
-        _say(str(exc))
-        return 1
-    except AuthError as exc:
-        _say(f"refused: {exc.reason} ({exc.code})")
-        return 1
-    except RequestError as exc:
-        details = f" {orjson.dumps(exc.details).decode()}" if exc.details else ""
-        _say(f"{exc.code}: {exc.message}{details}")
-        return 1
+    except ClientError as exc:
+        return _failed(exc)
     print(orjson.dumps(result).decode())
     return 0
+
+
+def _failed(exc: ClientError) -> int:
+    """One line on stderr for what ended a command; its exit status."""
+    if isinstance(exc, AuthError):
+        _say(f"refused: {exc.reason} ({exc.code})")
+    elif isinstance(exc, RequestError):
+        details = f" {orjson.dumps(exc.details).decode()}" if exc.details else ""
+        _say(f"{exc.code}: {exc.message}{details}")
+    else:  # ConnectError: its message names the URL
+        _say(str(exc))
+    return 1
 
 
 def _status(event: str, details: dict[str, Any]) -> None:
@@ -75,13 +78,6 @@ async def tail_channels(url: str, token: str, channels: list[str]) -> int:
         async with connect(url, token, on_status=_status) as client:
             subs = [client.subscribe(channel) for channel in channels]
             await asyncio.gather(*(_print(sub) for sub in subs))
-    except ConnectError as exc:
-        _say(str(exc))
-        return 1
-    except AuthError as exc:
-        _say(f"refused: {exc.reason} ({exc.code})")
-        return 1
     except ClientError as exc:
-        _say(str(exc))
-        return 1
+        return _failed(exc)
     return 0

@@ -22,6 +22,10 @@ def make_sensor(server: DashboardServer, name: str, **fields: Any) -> dict[str, 
     return sensor
 
 
+def sensor_row(p: Page, sensor: dict[str, Any]) -> Any:
+    return p.page.locator(f'#sensors tr[data-sensor-id="{sensor["id"]}"]')
+
+
 def post_reading(server: DashboardServer, sensor_id: int, **values: float) -> None:
     body = {"sensor_id": sensor_id, "values": values}
     server.call("POST", "/api/v1/readings", body, server.token())
@@ -43,10 +47,11 @@ def test_page_loads_without_errors_or_requests_off_the_machine(
 def test_a_reading_posted_over_rest_shows_in_the_table_and_on_the_chart(
     open_page: Any, server: DashboardServer
 ) -> None:
-    sensor = make_sensor(server, "Cold store")
     p: Page = open_page()
-    row = p.page.locator(f'#sensors tr[data-sensor-id="{sensor["id"]}"]')
+    expect(p.page.locator(CONNECTED)).to_be_visible()
     # Created after the page loaded: it arrives over the `sensors` channel.
+    sensor = make_sensor(server, "Cold store")
+    row = sensor_row(p, sensor)
     expect(row).to_contain_text("Cold store")
     row.click()
     expect(p.page.locator("#chart-title")).to_have_text("Cold store")
@@ -126,7 +131,7 @@ def test_the_page_recovers_after_the_server_restarts(
 ) -> None:
     sensor = make_sensor(server, "Restart probe")
     p: Page = open_page()
-    row = p.page.locator(f'#sensors tr[data-sensor-id="{sensor["id"]}"]')
+    row = sensor_row(p, sensor)
     expect(row).to_be_visible()
     expect(p.page.locator(CONNECTED)).to_be_visible()
     server.stop()
