@@ -138,6 +138,8 @@ export class LiveChart {
     ctx.lineWidth = 1 * devicePixelRatio;
     ctx.setLineDash([4 * devicePixelRatio, 4 * devicePixelRatio]);
     ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+    ctx.textAlign = "left"; // uPlot leaves the y axis' "right" set
+    ctx.textBaseline = "bottom";
     for (const [key, label] of [["max", "max"], ["min", "min"]]) {
       if (typeof th[key] !== "number") continue;
       const y = u.valToPos(th[key], "y", true);
@@ -147,7 +149,7 @@ export class LiveChart {
       ctx.lineTo(left + width, y);
       ctx.stroke();
       const text = `${label} ${th[key]}`;
-      ctx.fillText(text, left + width - ctx.measureText(text).width - 6 * devicePixelRatio, y - 4 * devicePixelRatio);
+      ctx.fillText(text, left + 8 * devicePixelRatio, y - 3 * devicePixelRatio);
     }
     ctx.restore();
   }
