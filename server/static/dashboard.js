@@ -79,11 +79,12 @@ class Dashboard {
     if (hello) {
       const u = hello.user || {};
       const anonymous = !u.role || u.role === "anonymous";
-      const who = anonymous ? this.username : u.username || u.user_id;
+      const who = anonymous ? this.username : u.name || u.id;
       $("identity").textContent = `${who} · ${anonymous ? "anonymous" : u.role}`;
       $("token-button").textContent = this.token ? "Change token" : "Sign in";
-      if (this.token && u.user_id && !this.client.subscription(`user:${u.user_id}`)) {
-        this.client.subscribe(`user:${u.user_id}`, { onFrame: (f) => this.addNotification(f) });
+      // One's own private channel: only with a token (an anonymous label never grants it).
+      if (!anonymous && u.id && !this.client.subscription(`user:${u.id}`)) {
+        this.client.subscribe(`user:${u.id}`, { onFrame: (f) => this.addNotification(f) });
       }
     }
     if (status === "auth_failed") $("identity").textContent = `token refused: ${reason}`;

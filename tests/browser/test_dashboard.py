@@ -114,6 +114,21 @@ def test_two_pages_chat_and_see_presence_and_typing(open_page: Any) -> None:
     assert carol.errors == []
 
 
+def test_with_a_token_the_page_gets_its_own_notifications(
+    open_page: Any, server: DashboardServer
+) -> None:
+    p: Page = open_page(f"?token={server.token('user', 'dana')}")
+    expect(p.page.locator(CONNECTED)).to_be_visible()
+    expect(p.page.locator("#identity")).to_have_text("dana · user")
+    body = {"event": "user.mention", "payload": {"user_id": "dana", "by": "ops"}}
+    note = server.call("POST", "/api/v1/notify", body, server.token())
+    assert note["channel"] == "user:dana"
+    item = p.page.locator("#notifications li", has_text="user.mention")
+    expect(item).to_contain_text("user:dana")
+    expect(p.page.locator("#notification-count")).to_have_text("1")
+    assert p.errors == []
+
+
 def test_the_browser_client_backs_off_with_bounded_full_jitter(open_page: Any) -> None:
     p: Page = open_page()
     delays = p.page.evaluate(
