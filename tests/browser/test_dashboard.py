@@ -16,9 +16,11 @@ def expect(locator: Any) -> Any:
     return pw_expect(locator)
 
 
-def make_sensor(server: DashboardServer, name: str, **fields: Any) -> dict[str, Any]:
+def make_sensor(
+    server: DashboardServer, name: str, token: str | None = None, **fields: Any
+) -> dict[str, Any]:
     body = {"name": name, "type": "temperature", "unit": "°C", **fields}
-    sensor: dict[str, Any] = server.call("POST", "/api/v1/sensors", body, server.token())
+    sensor: dict[str, Any] = server.call("POST", "/api/v1/sensors", body, token or server.token())
     return sensor
 
 
@@ -126,6 +128,27 @@ def test_with_a_token_the_page_gets_its_own_notifications(
     item = p.page.locator("#notifications li", has_text="user.mention")
     expect(item).to_contain_text("user:dana")
     expect(p.page.locator("#notification-count")).to_have_text("1")
+    assert p.errors == []
+
+
+def test_a_hundred_sensors_take_a_batch_of_readings_at_once(
+    open_page: Any, server: DashboardServer
+) -> None:
+    """The load the dashboard is built for: 100 sensors, readings for all of them at once
+    (one subscription, one DOM pass per animation frame)."""
+    token = server.token()
+    ids = [make_sensor(server, f"Probe {i:03d}", token)["id"] for i in range(100)]
+    p: Page = open_page()
+    expect(p.page.locator(CONNECTED)).to_be_visible()
+    listed = """(ids) => ids.every((id) => document.querySelector(
+        `#sensors tr[data-sensor-id="${id}"] td.value`))"""
+    p.page.wait_for_function(listed, arg=ids, timeout=30_000)
+    for round_ in (1, 2):
+        batch = [{"sensor_id": i, "values": {"temperature": round_ * 1000 + i}} for i in ids]
+        assert server.call("POST", "/api/v1/readings", batch, token) == {"accepted": len(ids)}
+    shown = """(ids) => ids.every((id) => document.querySelector(
+        `#sensors tr[data-sensor-id="${id}"] td.value`)?.textContent === `${2000 + id}°C`)"""
+    p.page.wait_for_function(shown, arg=ids, timeout=30_000)
     assert p.errors == []
 
 
