@@ -171,6 +171,13 @@ class Client:
         """A client publish (where the namespace allows it): `{channel, offset, epoch}`."""
         return await self._call({"type": "publish", "channel": channel, "data": data}, timeout)
 
+    async def refresh(self, token: str) -> Any:
+        """A newer token for the same user before the current one expires (the server
+        closes with 4001 "token expired" otherwise); later reconnects use it too."""
+        data = await self._call({"type": "refresh", "token": token}, None)
+        self.token = token
+        return data
+
     async def send(
         self,
         frame: Mapping[str, Any],

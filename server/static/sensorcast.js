@@ -173,6 +173,13 @@ export class SensorcastClient extends EventTarget {
     return this._call({ type: "publish", channel, data }, opts.timeout).then((f) => f.data);
   }
 
+  /** A newer token for the same user before this one expires; reconnects use it too. */
+  async refresh(token) {
+    const frame = await this._call({ type: "refresh", token });
+    this.token = token;
+    return frame.data;
+  }
+
   /** Any client frame (message, typing, join_room, ping): resolves with its reply frame. */
   send(frame, opts = {}) {
     return this._call({ ...frame }, opts.timeout);

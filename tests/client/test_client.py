@@ -232,6 +232,26 @@ async def test_a_4001_close_later_is_an_auth_error_without_reconnect(live: LiveS
     assert gate.delays == []
 
 
+async def test_an_expired_token_is_an_auth_error_and_refresh_renews(live: LiveServer) -> None:
+    gate = Gate()
+    async with Client(live.url, live.token(ttl=2), sleep=gate) as client:
+        sub = client.subscribe(CHANNEL)
+        await sub.ready()
+        with pytest.raises(AuthError) as err:
+            await take(sub, 1, timeout=30)
+        assert (err.value.code, err.value.reason) == (4001, "token expired")
+    assert gate.delays == []
+    async with Client(live.url, live.token(ttl=60)) as client:
+        fresh = live.token(ttl=3600)
+        answer = await client.refresh(fresh)
+        assert "exp" in answer
+        assert client.token == fresh
+        with pytest.raises(RequestError) as refused:
+            await client.refresh(live.token(sub="someone-else"))
+        assert refused.value.code == "forbidden"
+        assert client.token == fresh
+
+
 async def test_first_connect_failure_is_a_connect_error() -> None:
     with pytest.raises(ConnectError):
         async with connect(f"http://127.0.0.1:{free_port()}"):
