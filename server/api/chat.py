@@ -68,7 +68,7 @@ async def list_rooms(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
 async def room_connections(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     """Who is in a room: one entry per user, with how many sockets (tabs) they have there."""
     room = args["room"]
-    members = ctx.services.chat.members(room)
+    members = await ctx.services.chat.members(room)
     sockets = sorted(ctx.hub.channels.get(room_channel(room), ()), key=lambda c: c.client_id)
     return {
         "room": room,
