@@ -70,10 +70,13 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-PUBLISH, READ, JOIN, LEAVE, EXPIRE = (
-    _Script(s) for s in (lua.PUBLISH, lua.READ, lua.JOIN, lua.LEAVE, lua.EXPIRE)
+PUBLISH, READ, RETIRE, JOIN, LEAVE, EXPIRE = SCRIPTS = tuple(
+    _Script(s) for s in (lua.PUBLISH, lua.READ, lua.RETIRE, lua.JOIN, lua.LEAVE, lua.EXPIRE)
 )
-SCRIPTS = (PUBLISH, READ, JOIN, LEAVE, EXPIRE)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _meta_ttl(rule: HistoryRule) -> int:
@@ -122,6 +125,7 @@ class RedisBackend:
         self._outage_epoch = f"{instance}-{secrets.token_hex(3)}"
         self._outage_offsets: dict[str, int] = {}
         self._outage_channels: set[str] = set()
+        self._outage_since = 0
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -168,6 +172,7 @@ class RedisBackend:
         if self.up:
             self.up = False
             self._outage_epoch = f"{self.instance}-{secrets.token_hex(3)}"
+            self._outage_since = _now_ms()
             log.warning(
                 "Redis unavailable (%s: %s): publications reach this instance's sockets "
                 "only until it is back",
@@ -191,7 +196,7 @@ class RedisBackend:
     async def _publish_redis(self, publications: list[Publication]) -> None:
         calls = []
         chunks = [publications[i : i + CHUNK] for i in range(0, len(publications), CHUNK)]
-        now = str(int(time.time() * 1000))
+        now = _now_ms()
         for chunk in chunks:
             index: dict[str, int] = {}
             tail: list[Any] = []
@@ -296,20 +301,27 @@ class RedisBackend:
 
     async def _read(self, channel: str, since: int | None) -> list[Any]:
         rule = self.rule(channel)
-        args = [secrets.token_hex(5), _meta_ttl(rule), "" if since is None else since]
+        args = [secrets.token_hex(5), _meta_ttl(rule), "" if since is None else since, _now_ms()]
         return list(await self._eval(READ, [self._meta(channel), self._stream(channel)], args))
 
     def _outage_position(self, channel: str) -> Position:
         return Position(self._outage_offsets.get(channel, 0), self._outage_epoch)
 
+    def _note(self, channel: str, position: Position) -> Position:
+        """A listened channel's first position read here is where its stream on this
+        instance starts: a reconnect catches up from there even if nothing came since."""
+        if channel in self.listening and channel not in self.seen:
+            self.seen[channel] = (position.epoch, position.offset)
+        return position
+
     async def position(self, channel: str) -> Position:
         if self.up:
             try:
                 epoch, top = await self._read(channel, None)
-                return Position(int(top), epoch.decode())
+                return self._note(channel, Position(int(top), epoch.decode()))
             except DOWN as exc:
                 self._went_down(exc)
-        return self._outage_position(channel)
+        return self._note(channel, self._outage_position(channel))
 
     async def recover(self, channel: str, since: Position) -> Recovery:
         if self.up:
@@ -318,8 +330,9 @@ class RedisBackend:
             except DOWN as exc:
                 self._went_down(exc)
             else:
+                self._note(channel, Position(int(top), epoch.decode()))
                 return self._recovery(channel, since, epoch.decode(), int(top), entries)
-        position = self._outage_position(channel)
+        position = self._note(channel, self._outage_position(channel))
         return Recovery([], since == position, position)
 
     def _recovery(
@@ -423,12 +436,16 @@ class RedisBackend:
 
     async def _resume(self) -> None:
         """Redis answers again: retire what the outage published, then catch up."""
+        if not self.up:
+            # The pool's connections from before the outage are dead; without this the
+            # first commands would fail on them and call a new outage.
+            await self.redis.connection_pool.disconnect()
         while self._outage_channels:
             gone = list(self._outage_channels)
-            pipe = self.redis.pipeline(transaction=False)
-            for channel in gone:
-                pipe.delete(self._meta(channel), self._stream(channel))
-            await pipe.execute()
+            since = [self._outage_since]
+            await self._eval_many(
+                [(RETIRE, [self._meta(ch), self._stream(ch)], since) for ch in gone]
+            )
             self._outage_channels.difference_update(gone)
         was_down = not self.up
         self.up = True
@@ -446,7 +463,7 @@ class RedisBackend:
             return
         calls = []
         for ch in channels:
-            args = [secrets.token_hex(5), _meta_ttl(self.rule(ch)), self.seen[ch][1]]
+            args = [secrets.token_hex(5), _meta_ttl(self.rule(ch)), self.seen[ch][1], _now_ms()]
             calls.append((READ, [self._meta(ch), self._stream(ch)], args))
         results = await self._eval_many(calls)
         missed: dict[int, Publication] = {}

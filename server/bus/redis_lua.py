@@ -29,7 +29,7 @@ for i = 1, C do
   if not epoch then
     -- A new channel, or one whose state expired: a new epoch, and no stale stream.
     epoch, top = seed .. '.' .. i, 0
-    redis.call('hset', KEYS[2 * i], 'e', epoch, 's', 0, 'b', 0)
+    redis.call('hset', KEYS[2 * i], 'e', epoch, 's', 0, 'b', 0, 'c', now)
     redis.call('del', KEYS[2 * i + 1])
   end
   epochs[i], tops[i] = epoch, top
@@ -81,18 +81,29 @@ return result
 
 # A channel's position, and with ARGV[3] (an offset) the stream after it. Makes the
 # channel's state (a new epoch) when there is none, so the epoch a subscriber is told is
-# the one the next publication carries. KEYS: meta, stream. ARGV: epoch, meta ttl, since.
+# the one the next publication carries. KEYS: meta, stream. ARGV: epoch, meta ttl, since,
+# now (ms).
 READ = """
 local meta = redis.call('hmget', KEYS[1], 'e', 's')
 local epoch, top = meta[1], meta[2] or '0'
 if not epoch then
   epoch, top = ARGV[1], '0'
-  redis.call('hset', KEYS[1], 'e', epoch, 's', 0, 'b', 0)
+  redis.call('hset', KEYS[1], 'e', epoch, 's', 0, 'b', 0, 'c', ARGV[4])
   redis.call('del', KEYS[2])
 end
 if tonumber(ARGV[2]) > 0 then redis.call('expire', KEYS[1], ARGV[2]) end
 if ARGV[3] == '' then return {epoch, top} end
 return {epoch, top, redis.call('xrange', KEYS[2], (tonumber(ARGV[3]) + 1) .. '-0', '+')}
+"""
+
+# After an outage during which this instance published alone: the channel's state is
+# dropped (the next access makes a new epoch) if it dates from before the outage, so no
+# client recovers across it as if nothing was missed. State made since (Redis restarted,
+# another instance came back first) is left alone. KEYS: meta, stream. ARGV: outage start.
+RETIRE = """
+local made = redis.call('hget', KEYS[1], 'c')
+if made and tonumber(made) < tonumber(ARGV[1]) then redis.call('del', KEYS[1], KEYS[2]) end
+return 1
 """
 
 # This instance's entry for a member: written (or refreshed), and when that makes the
