@@ -15,31 +15,44 @@ from server.keys import AUTH
 from tests.conftest import make_config
 from tests.redis_util import delete_prefix, new_prefix, private_redis, require_redis  # noqa: F401
 
-Instance = Callable[..., Awaitable[TestClient]]
 DEADLINE = 10.0
+
+
+class Instance:
+    """`await instance(url=None, presence_ttl=30, **sections)`: an app on the shared SQLite
+    file under tmp_path, with `bus.backend: redis` and this test's key `prefix`."""
+
+    def __init__(self, aiohttp_client: Any, tmp_path: Path) -> None:
+        self.aiohttp_client = aiohttp_client
+        self.tmp_path = tmp_path
+        self.prefix = new_prefix()
+        self.urls: set[str] = set()
+
+    def overrides(self, url: str, presence_ttl: float, **sections: Any) -> dict[str, Any]:
+        self.urls.add(url)
+        return {
+            "bus": {"backend": "redis"},
+            "redis": {"url": url, "prefix": self.prefix, "presence_ttl": presence_ttl},
+            "ws": {"heartbeat": 5},
+            **sections,
+        }
+
+    async def __call__(
+        self, url: str | None = None, presence_ttl: float = 30, **sections: Any
+    ) -> TestClient:
+        config = make_config(
+            self.tmp_path, self.overrides(url or require_redis(), presence_ttl, **sections)
+        )
+        client: TestClient = await self.aiohttp_client(create_app(config))
+        return client
 
 
 @pytest.fixture
 async def instance(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Instance]:
-    """`await instance(url=None, presence_ttl=30, **sections)`: an app on the shared SQLite
-    file under tmp_path, with `bus.backend: redis` and this test's key prefix."""
-    prefix = new_prefix()
-    urls: set[str] = set()
-
-    async def make(url: str | None = None, presence_ttl: float = 30, **sections: Any) -> TestClient:
-        url = url or require_redis()
-        urls.add(url)
-        overrides = {
-            "bus": {"backend": "redis"},
-            "redis": {"url": url, "prefix": prefix, "presence_ttl": presence_ttl},
-            "ws": {"heartbeat": 5},
-            **sections,
-        }
-        return await aiohttp_client(create_app(make_config(tmp_path, overrides)))
-
-    yield make
-    for url in urls:
-        delete_prefix(url, prefix)
+    made = Instance(aiohttp_client, tmp_path)
+    yield made
+    for url in made.urls:
+        delete_prefix(url, made.prefix)
 
 
 def service_token(client: TestClient, sub: str = "svc") -> dict[str, str]:
