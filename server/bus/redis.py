@@ -440,6 +440,11 @@ class RedisBackend:
             # The pool's connections from before the outage are dead; without this the
             # first commands would fail on them and call a new outage.
             await self.redis.connection_pool.disconnect()
+            # Loaded now (a restarted Redis has none), not on a publication's NOSCRIPT.
+            pipe = self.redis.pipeline(transaction=False)
+            for script in SCRIPTS:
+                pipe.script_load(script.source)
+            await pipe.execute()
         while self._outage_channels:
             gone = list(self._outage_channels)
             since = [self._outage_since]
