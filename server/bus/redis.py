@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import secrets
@@ -35,14 +34,14 @@ from typing import Any
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server import codec
 from server.bus import Deliver, HistoryRule, Position, Publication, Recovery, Reset
 from server.bus import redis_lua as lua
-from server.bus.presence import Member, PresenceTable
+from server.bus.presence import PresenceTable
+from server.bus.redis_lua import Script
+from server.bus.redis_presence import DOWN, RedisPresence
 from server.bus.redis_pubsub import PubSubConnection
 
 log = logging.getLogger(__name__)
@@ -61,18 +60,9 @@ COMMAND_TIMEOUT = 2.0
 CHUNK = 1000
 # Channels without history keep their offset this long after their last publication.
 NO_HISTORY_META_TTL = 3600
-DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 
-class _Script:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-
-PUBLISH, READ, RETIRE, JOIN, LEAVE, EXPIRE = SCRIPTS = tuple(
-    _Script(s) for s in (lua.PUBLISH, lua.READ, lua.RETIRE, lua.JOIN, lua.LEAVE, lua.EXPIRE)
-)
+PUBLISH, READ, RETIRE = (Script(s) for s in (lua.PUBLISH, lua.READ, lua.RETIRE))
 
 
 def _now_ms() -> int:
@@ -85,7 +75,7 @@ def _meta_ttl(rule: HistoryRule) -> int:
     return max(2 * math.ceil(rule.ttl), 60) if rule.ttl else 0
 
 
-class RedisBackend:
+class RedisBackend(RedisPresence):
     def __init__(
         self,
         url: str,
@@ -253,14 +243,14 @@ class RedisBackend:
         if self._deliver is not None:
             await self._deliver([publication])
 
-    async def _eval(self, script: _Script, keys: list[Any], args: list[Any]) -> Any:
+    async def _eval(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         try:
             return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self.redis.script_load(script.source)
             return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def _eval_many(self, calls: list[tuple[_Script, list[Any], list[Any]]]) -> list[Any]:
+    async def _eval_many(self, calls: list[tuple[Script, list[Any], list[Any]]]) -> list[Any]:
         """Script calls in one pipeline: one round trip (two if Redis lost the scripts)."""
         if len(calls) == 1:
             script, keys, args = calls[0]
@@ -272,7 +262,7 @@ class RedisBackend:
             results = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in results) or attempt:
                 break
-            for script in SCRIPTS:
+            for script in Script.every:
                 await self.redis.script_load(script.source)
         for result in results:
             if isinstance(result, Exception):
@@ -442,7 +432,7 @@ class RedisBackend:
             await self.redis.connection_pool.disconnect()
             # Loaded now (a restarted Redis has none), not on a publication's NOSCRIPT.
             pipe = self.redis.pipeline(transaction=False)
-            for script in SCRIPTS:
+            for script in Script.every:
                 pipe.script_load(script.source)
             await pipe.execute()
         while self._outage_channels:
@@ -556,105 +546,6 @@ class RedisBackend:
                 fresh = True
                 self.seen[ch] = (epoch, offset)
         return fresh
-
-    # -- presence ------------------------------------------------------------------------
-
-    def _presence_call(
-        self, channel: str, member: Member, joined: bool
-    ) -> tuple[_Script, list[Any], list[Any]]:
-        p = self.prefix
-        keys = [f"{p}pr:{channel}", f"{p}pu:{channel}", f"{p}pexp", f"{p}pch"]
-        kind = "user_joined" if joined else "user_left"
-        body = {
-            "c": [channel],
-            "t": kind,
-            "b": {"data": member.public()},
-            "ts": codec.isotime(),
-            "x": member.user_id,
-        }
-        info = codec.dumps([member.user_id, member.username, member.sockets])
-        expiry = int((time.time() + self.presence_ttl) * 1000)
-        args = [
-            channel,
-            f"{self.instance}|{member.user_id}",
-            member.user_id,
-            info,
-            expiry,
-            self.pubsub_prefix + channel,
-            b"0||||" + codec.dumps(body),
-        ]
-        return (JOIN if joined else LEAVE), keys, args
-
-    async def present(self, channel: str, member: Member, joined: bool) -> None:
-        if self.up:
-            async with self._presence_lock:
-                try:
-                    await self._eval(*self._presence_call(channel, member, joined))
-                    return
-                except DOWN as exc:
-                    self._went_down(exc)
-        # Cut off: this instance's sockets hear of it; the others once Redis is back.
-        kind = "user_joined" if joined else "user_left"
-        pub = Publication(
-            (channel,), kind, {"data": member.public()}, ephemeral=True, exclude=member.user_id
-        )
-        if self._deliver is not None:
-            await self._deliver([pub])
-
-    def _merge(self, channel: str, entries: dict[bytes, bytes]) -> list[Member]:
-        """Other instances' entries from Redis plus this instance's own table."""
-        mine = f"{self.instance}|".encode()
-        members: dict[str, Member] = {}
-        for field, info in entries.items():
-            if field.startswith(mine):
-                continue
-            user_id, username, sockets = codec.loads(info)
-            member = members.setdefault(user_id, Member(user_id, username))
-            member.sockets += sockets
-        for local in self._presence.members(channel):
-            member = members.setdefault(local.user_id, Member(local.user_id, local.username))
-            member.sockets += local.sockets
-        return list(members.values())
-
-    async def members(self, channel: str) -> list[Member]:
-        if self.up:
-            try:
-                entries: Any = await self.redis.hgetall(f"{self.prefix}pr:{channel}")
-                return self._merge(channel, entries)
-            except DOWN as exc:
-                self._went_down(exc)
-        return self._presence.members(channel)
-
-    async def presence_channels(self) -> dict[str, list[Member]]:
-        local = {ch: list(m.values()) for ch, m in self._presence.channels.items()}
-        if not self.up:
-            return local
-        try:
-            keys: Any = await self.redis.hkeys(f"{self.prefix}pch")
-            names = [n.decode() for n in keys]
-            pipe = self.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.hgetall(f"{self.prefix}pr:{name}")
-            results = await pipe.execute() if names else []
-        except DOWN as exc:
-            self._went_down(exc)
-            return local
-        out = {name: self._merge(name, got) for name, got in zip(names, results, strict=True)}
-        for channel in local:
-            if channel not in out:
-                out[channel] = self._merge(channel, {})
-        return {ch: members for ch, members in out.items() if members}
-
-    async def _refresh_presence(self) -> int:
-        """This instance's entries written again with a new expiry (and re-announced if
-        Redis had lost them), then dead instances' entries expired."""
-        calls = [self._presence_call(ch, m, True) for ch, m in self._presence.entries()]
-        p = self.prefix
-        now = int(time.time() * 1000)
-        calls.append((EXPIRE, [f"{p}pexp", f"{p}pch"], [now, p, codec.isotime()]))
-        async with self._presence_lock:
-            results = await self._eval_many(calls)
-        return int(results[-1])
 
     async def maintain(self) -> int:
         if not self.up:

@@ -14,6 +14,21 @@ ephemeral one (presence, typing), which has neither.
 
 from __future__ import annotations
 
+import hashlib
+from typing import ClassVar
+
+
+class Script:
+    """A script's source and SHA1, for EVALSHA; `every` is what a (re)connect loads."""
+
+    every: ClassVar[list[Script]] = []
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        Script.every.append(self)
+
+
 # KEYS[1] the counter; then per channel i: KEYS[2i] meta, KEYS[2i+1] stream.
 # ARGV: pub/sub prefix, epoch seed for channels made now, now (ms), channel count C, then
 # 5 per channel (name, size, max_bytes, stream ttl s, meta ttl s), then per publication:

@@ -97,7 +97,9 @@ class PubSubConnection:
         return conn
 
     def send(self, *args: str | bytes) -> None:
-        self.writer.write(encode(*args))
+        # A connection already lost is being replaced; the replacement subscribes afresh.
+        if not self.writer.transport.is_closing():
+            self.writer.write(encode(*args))
 
     async def read(self) -> list[Any]:
         """Every complete reply that has arrived, waiting for at least one."""
