@@ -353,10 +353,12 @@ class RedisBackend(RedisPresence):
         if channel not in self.listening:
             self.listening.add(channel)
             conn = self._conn
-            if conn is None or not self.up:
-                return  # the reconnect subscribes every channel listened to
+            if conn is None:
+                return  # the next connection subscribes every channel listened to
             pending = self._pending[channel] = asyncio.get_running_loop().create_future()
             conn.send("SUBSCRIBE", self.pubsub_prefix + channel)
+        if not self.up:
+            return  # (re)connecting: its catch-up covers what passes meanwhile
         if pending is not None and not pending.done():
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
@@ -474,9 +476,17 @@ class RedisBackend(RedisPresence):
             seqs = {int(eid.split(b"-")[0]): int(f[1].split(b"|", 1)[0]) for eid, f in entries}
             for pub in recovery.publications:
                 missed[seqs[pub.offsets[ch]]] = pub
-        batch = [p for _, p in sorted(missed.items()) if self._fresh(p)]
-        if batch and self._deliver is not None:
+        await self._hand([p for _, p in sorted(missed.items()) if self._fresh(p)])
+
+    async def _hand(self, batch: list[Publication]) -> None:
+        """Deliver from the listener: a receiver's failure is logged, and must not pass for
+        a lost connection (which would reconnect and replay)."""
+        if not batch or self._deliver is None:
+            return
+        try:
             await self._deliver(batch)
+        except Exception:
+            log.exception("delivering %d publications failed", len(batch))
 
     async def _read_loop(self, conn: PubSubConnection) -> None:
         silent = 0
@@ -507,8 +517,7 @@ class RedisBackend(RedisPresence):
                     gaps = self._gaps(pub)
                     if gaps:
                         # Publications before the gap go first, then the reset, then this.
-                        if batch and self._deliver is not None:
-                            await self._deliver(batch)
+                        await self._hand(batch)
                         batch = []
                         for ch, position in gaps:
                             if self._reset is not None:
@@ -517,8 +526,7 @@ class RedisBackend(RedisPresence):
                         batch.append(pub)
                 elif kind == b"subscribe":
                     self._confirmed(reply[1])
-            if batch and self._deliver is not None:
-                await self._deliver(batch)
+            await self._hand(batch)
 
     def _gaps(self, pub: Publication) -> list[tuple[str, Position]]:
         """Listened channels where `pub` does not follow what was delivered here."""
