@@ -13,7 +13,13 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app
 from server.keys import AUTH
 from tests.conftest import make_config
-from tests.redis_util import delete_prefix, new_prefix, private_redis, require_redis  # noqa: F401
+from tests.redis_util import (  # noqa: F401  (private_redis: a fixture)
+    UNREACHABLE,
+    delete_prefix,
+    new_prefix,
+    private_redis,
+    require_redis,
+)
 
 DEADLINE = 10.0
 
@@ -66,3 +72,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = DEADLINE)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say it at the end, not only as an `s`: the Redis half of the suite did not run."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = {str(r.longrepr[2]) for r in skipped if UNREACHABLE in str(r.longrepr)}
+    if reasons:
+        terminalreporter.write_sep("!", "Redis tests SKIPPED", red=True, bold=True)
+        for reason in sorted(reasons):
+            terminalreporter.write_line(reason, red=True)
