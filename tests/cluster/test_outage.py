@@ -127,3 +127,39 @@ async def test_redis_down_at_start_serves_this_instance_and_joins_later(
     frame = await ws.recv_type("subscribed")  # its outage stream was retired
     assert frame["recovered"] is False
     assert (await ws.recv_type("event"))["data"]["v"] == "together"
+
+
+async def test_catch_up_after_a_killed_pubsub_connection_keeps_order_and_exactly_once(
+    instance: Instance, private_redis: PrivateRedis
+):
+    a, b = await instance(private_redis.url), await instance(private_redis.url)
+    ws = await open_ws(b, "/api/v1/ws?channel=left,right")
+    admin = aioredis.Redis(port=private_redis.port)
+    await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    bus = a.app[BUS]
+    plan = [["left"], ["right"], ["left", "right"], ["right", "left"], ["left"]]
+    for i, channels in enumerate(plan):
+        await bus.publish(channels, "event", {"i": i})
+    await bus.publish(["right"], "event", {"i": "fence"})
+    got = [(await ws.recv_type("event"))["i"] for _ in range(len(plan) + 1)]
+    assert got == [0, 1, 2, 3, 4, "fence"]
+    await admin.aclose()
+
+
+async def test_presence_comes_back_after_redis_restarts_empty(
+    instance: Instance, private_redis: PrivateRedis
+):
+    a, b = await instance(private_redis.url), await instance(private_redis.url)
+    await open_ws(a, "/ws/lobby?user_id=alice&username=Alice")
+
+    async def listed_on_b() -> bool:
+        body = await (await b.get("/api/v1/rooms/lobby/connections")).json()
+        return [u["user_id"] for u in body["users"]] == ["alice"]
+
+    await until(listed_on_b)
+    private_redis.kill()
+    await until(lambda: _down(b))
+    assert not await listed_on_b()  # b alone cannot see a's members
+    private_redis.start()
+    await until(lambda: _up(a))
+    await until(listed_on_b)
