@@ -52,6 +52,7 @@ if str(BENCH_DIR) not in sys.path:  # imported as a module rather than run as a 
 
 import ingest  # noqa: E402  (needs the sys.path line above)
 import loadgen as lg  # noqa: E402
+import mqtt  # noqa: E402
 import scaleout  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -62,7 +63,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
 SERVERS = ("sensorcast", "reference")
-PHASES = ("fanout", "latency", "memory", "ingest", "scaleout")
+PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "scaleout")
 
 # Targets for Sensorcast / reference ratios (and one absolute bound).
 TARGET_CPU_RATIO = 0.8
@@ -872,6 +873,8 @@ def comparisons(
         rows += ingest.comparison_rows((sc or {}).get("ingest"), ingest_params(p))
     if "scaleout" in p.phases:
         rows += scaleout.comparison_rows((sc or {}).get("scaleout"), scaleout.ScaleoutParams())
+    if "mqtt" in p.phases:
+        rows += mqtt.comparison_rows((sc or {}).get("mqtt"))
     return rows
 
 
@@ -1045,6 +1048,8 @@ async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]
             )
         except (ServerUnavailable, lg.BenchError, OSError, TimeoutError) as exc:
             print(f"  [scaleout] failed: {type(exc).__name__}: {exc}", flush=True)
+    if "mqtt" in p.phases and sensorcast is not None and "error" not in sensorcast:
+        results["sensorcast"]["mqtt"] = await mqtt.measure(running, cores[0])
     if "fanout" not in p.phases and "latency" not in p.phases:
         return results
     # Fan-out and latency: every server up at once (same core, only one loaded at a time)

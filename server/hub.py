@@ -47,6 +47,7 @@ class Hub:
         self.bus = bus
         self.presence_on = presence_on
         self.channels: dict[str, set[Connection]] = {}
+        # Connection.client_key (client_id within its principal's scope) -> its socket.
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
         self.stats = HubStats()
@@ -64,7 +65,7 @@ class Hub:
     # -- connections -------------------------------------------------------------------
 
     def add(self, conn: Connection) -> None:
-        self.clients[conn.client_id] = conn
+        self.clients[conn.client_key] = conn
         self.per_ip[conn.ip] += 1
         self.stats.connections_total += 1
 
@@ -81,8 +82,8 @@ class Hub:
             if member is not None:
                 gone.append((channel, member))
         conn.subscriptions.clear()
-        if self.clients.get(conn.client_id) is conn:
-            del self.clients[conn.client_id]
+        if self.clients.get(conn.client_key) is conn:
+            del self.clients[conn.client_key]
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
@@ -231,7 +232,7 @@ class Hub:
         here."""
         if not self.presence_on(channel):
             return None
-        return self.bus.count_in(channel, conn.member_id, conn.member_name)
+        return self.bus.count_in(channel, conn.member_id, conn.member_name, label=conn.member_label)
 
     def _leave(self, conn: Connection, channel: str) -> Member | None:
         """Uncount the socket; the Member when that was its user's last socket here."""
@@ -352,13 +353,3 @@ class Hub:
             data = pub.translated(conn.dialect, channel)
             return int(data is not None and conn.write(frames.text_frame(data), data))
         return int(conn.write(wire, pub.payload(channel)))
-
-    # -- introspection -------------------------------------------------------------------
-
-    def channel_stats(self, channel: str) -> dict[str, Any]:
-        subs = self.channels.get(channel, ())
-        return {
-            "channel": channel,
-            "subscribers": len(subs),
-            "users": sorted({c.principal.sub for c in subs}),
-        }

@@ -237,10 +237,13 @@ class Bus:
 
     # -- presence ------------------------------------------------------------------------
 
-    def count_in(self, channel: str, member_id: str, name: str) -> Member | None:
+    def count_in(
+        self, channel: str, member_id: str, name: str, label: str | None = None
+    ) -> Member | None:
         """Count one more socket of a member here, at once (before any await); the Member
-        when it is that member's first socket here (to `announce`)."""
-        member = self.presence.count(channel, member_id, name)
+        when it is that member's first socket here (to `announce`). `member_id` is the
+        identity (Member.key), `label` the user_id clients see (default: the id)."""
+        member = self.presence.count(channel, member_id, label or member_id, name)
         return member if member.sockets == 1 else None
 
     def count_out(self, channel: str, member_id: str) -> Member | None:

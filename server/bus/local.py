@@ -154,7 +154,7 @@ class LocalBackend:
             return
         kind = "user_joined" if joined else "user_left"
         body = {"data": member.public()}
-        pub = Publication((channel,), kind, body, ephemeral=True, exclude=member.user_id)
+        pub = Publication((channel,), kind, body, ephemeral=True, exclude=member.key)
         await self._deliver([pub])
 
     async def members(self, channel: str) -> list[Member]:

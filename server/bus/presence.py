@@ -11,11 +11,19 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Member:
-    """One user on a presence channel, however many sockets (tabs) they have there."""
+    """One user on a presence channel, however many sockets (tabs) they have there.
+
+    `key` is the identity (Connection.member_id: anonymous labels are prefixed, so they
+    never merge with a token's user); `user_id` is what clients are shown."""
 
     user_id: str
     username: str
     sockets: int = 0
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.user_id
 
     def public(self) -> dict[str, str]:
         return {"user_id": self.user_id, "username": self.username}
@@ -27,11 +35,12 @@ class PresenceTable:
     def __init__(self) -> None:
         self.channels: dict[str, dict[str, Member]] = {}
 
-    def count(self, channel: str, member_id: str, name: str) -> Member:
+    def count(self, channel: str, member_id: str, label: str, name: str) -> Member:
+        """`member_id` is the identity (Member.key), `label` what clients see as user_id."""
         members = self.channels.setdefault(channel, {})
         member = members.get(member_id)
         if member is None:
-            member = members[member_id] = Member(member_id, name)
+            member = members[member_id] = Member(label, name, key=member_id)
         member.sockets += 1
         return member
 

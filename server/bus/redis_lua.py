@@ -3,7 +3,7 @@ announcement of a channel's publications happen in one order every instance sees
 
 Keys (P = redis.prefix): P:seq (publication counter, orders a gap fill across channels),
 P:m:{ch} (hash: e epoch, s offset, b history bytes), P:h:{ch} (stream, ids = offsets),
-P:pr:{ch} (hash "instance|member" -> [user_id, username, sockets]), P:pu:{ch} (hash member
+P:pr:{ch} (hash "instance|key" -> [user_id, username, sockets, key]), P:pu:{ch} (hash key
 -> instances it is on), P:pexp (zset of "ch\\ninstance|member" by expiry, ms), P:pch (hash
 ch -> presence entries). Pub/sub channel P:p:{ch}.
 
@@ -170,7 +170,7 @@ for _, entry in ipairs(gone) do
     if redis.call('hincrby', pu, member, -1) <= 0 then
       redis.call('hdel', pu, member)
       local m = cjson.decode(info)
-      local body = cjson.encode({c = {channel}, t = 'user_left', ts = ARGV[3], x = m[1],
+      local body = cjson.encode({c = {channel}, t = 'user_left', ts = ARGV[3], x = m[4],
         b = {data = {user_id = m[1], username = m[2]}}})
       redis.call('publish', ARGV[2] .. 'p:' .. channel, '0||||' .. body)
     end

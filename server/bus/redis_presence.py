@@ -61,14 +61,14 @@ class RedisPresence:
             "t": kind,
             "b": {"data": member.public()},
             "ts": codec.isotime(),
-            "x": member.user_id,
+            "x": member.key,
         }
-        info = codec.dumps([member.user_id, member.username, member.sockets])
+        info = codec.dumps([member.user_id, member.username, member.sockets, member.key])
         expiry = int((time.time() + self.presence_ttl) * 1000)
         args = [
             channel,
-            f"{self.instance}|{member.user_id}",
-            member.user_id,
+            f"{self.instance}|{member.key}",
+            member.key,
             info,
             expiry,
             self.pubsub_prefix + channel,
@@ -87,7 +87,7 @@ class RedisPresence:
         # Cut off: this instance's sockets hear of it; the others once Redis is back.
         kind = "user_joined" if joined else "user_left"
         pub = Publication(
-            (channel,), kind, {"data": member.public()}, ephemeral=True, exclude=member.user_id
+            (channel,), kind, {"data": member.public()}, ephemeral=True, exclude=member.key
         )
         if self._deliver is not None:
             await self._deliver([pub])
@@ -99,11 +99,13 @@ class RedisPresence:
         for field, info in entries.items():
             if field.startswith(mine):
                 continue
-            user_id, username, sockets = codec.loads(info)
-            member = members.setdefault(user_id, Member(user_id, username))
+            user_id, username, sockets, key = codec.loads(info)
+            member = members.setdefault(key, Member(user_id, username, key=key))
             member.sockets += sockets
         for local in self._presence.members(channel):
-            member = members.setdefault(local.user_id, Member(local.user_id, local.username))
+            member = members.setdefault(
+                local.key, Member(local.user_id, local.username, key=local.key)
+            )
             member.sockets += local.sockets
         return list(members.values())
 
