@@ -371,6 +371,14 @@ class Client:
                     fut.set_result(frame.get("data", frame) if kind == "response" else frame)
             return
         channel = frame.get("channel")
+        if kind == "subscribed" and frame.get("recovered") is False:
+            # Unasked: the server's stream on the channel restarted there without what was
+            # in between (scale-out: Redis lost it, or an outage): a gap, surfaced.
+            sub = self._subs.get(channel) if isinstance(channel, str) else None
+            if sub is not None and sub.active and sub.position is not None:
+                sub.on_subscribed(frame)
+                self._status("gap", channel=sub.channel)
+            return
         if not isinstance(channel, str) or kind in ("subscribed", "unsubscribed"):
             return
         offsets = frame.get("offsets")
