@@ -3,6 +3,8 @@ and the hub's tables back where they started after churn."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import resource
 from types import SimpleNamespace
 from typing import Any
@@ -112,6 +114,7 @@ async def test_connect_disconnect_churn_leaves_the_tables_where_they_started(cli
     anonymous = Principal("anonymous", "anonymous")
     alice = Principal("alice", "user")
     start, rss = _tables(hub), _rss_kb()
+    states = len(bus.backend.channels)
     for i in range(CYCLES):
         conn = _socket(hub, i, anonymous if i % 2 else alice)
         hub.add(conn)
@@ -120,9 +123,17 @@ async def test_connect_disconnect_churn_leaves_the_tables_where_they_started(cli
         if i % 1000 == 0:
             assert len(hub.clients) == 1
             await bus.publish(["general", f"sensors:{i}"], "event", {"data": i})
+            # The bus's upkeep job, which evicts the states of channels nobody is on.
+            await bus.maintain()
         await hub.remove(conn)
     assert _tables(hub) == start
     assert hub.stats.connections_total == CYCLES
+    await bus.maintain()
+    assert len(bus.backend.channels) <= states + 12  # the 10 with history left
+    await asyncio.sleep(0)  # the outbox's flush of the last `subscribed` frames
+    del conn
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is Connection]
     # Loosely: nothing per socket or per channel stays behind (10,000 would be many MB).
     assert _rss_kb() - rss < 32 * 1024
 
