@@ -1,6 +1,6 @@
 """Schema migrations: numbered SQL files applied in order, recorded in schema_migrations.
 
-`migrations/NNNN_name.sql` holds SQL both dialects accept; `NNNN_name.sqlite.sql` or
+`server/migrations/NNNN_name.sql` holds SQL both dialects accept; `NNNN_name.sqlite.sql` or
 `NNNN_name.postgres.sql` replaces it for that dialect only. Each migration runs in its own
 transaction together with its schema_migrations row, so a failure leaves the database as
 it was before that file (PostgreSQL's DDL is transactional too).
@@ -33,8 +33,9 @@ __all__ = [
     "pending",
 ]
 
-# The project is installed editable, so the repository's migrations/ sits two levels up.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Package data (setup.cfg [options.package_data]): found the same way in a checkout, an
+# editable install and a wheel.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 _FILE_RE = re.compile(
     r"^(?P<version>\d{4,})_(?P<name>[A-Za-z0-9_]+)(?:\.(?P<dialect>[a-z]+))?\.sql$"

@@ -291,9 +291,10 @@ async def test_query_pages_oldest_first_and_ws_list_answers_the_same(
         if (cursor := page["next_cursor"]) is None:
             break
 
+    # Two readings at one instant: in the order they were stored (keyset, no sort).
     assert seen[:3] == [
-        ("2024-05-01T12:00:00.000Z", "h", 100.0),
         ("2024-05-01T12:00:00.000Z", "t", 0.0),
+        ("2024-05-01T12:00:00.000Z", "h", 100.0),
         ("2024-05-01T12:00:20.000Z", "t", 1.0),
     ]
     assert [v for _, m, v in seen if m == "t"] == [0, 1, 2, 3, 4, 5]
