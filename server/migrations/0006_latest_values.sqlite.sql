@@ -8,10 +8,12 @@
 -- server never runs VACUUM, which could renumber rowids).
 CREATE INDEX readings_ts ON readings (ts, sensor_id);
 
--- The newest value of each metric of each sensor, kept by the triggers below in the
--- statement (so the transaction) that inserts or deletes readings, whoever runs it.
--- GET .../readings/latest and `snapshot: true` read one row per metric here instead of
--- the sensor's readings. Of two readings at one instant the higher value wins, as before.
+-- The newest value of each metric of each sensor. GET .../readings/latest and
+-- `snapshot: true` read one row per metric here instead of the sensor's readings. Kept
+-- current in the transaction that inserts readings by store_readings (storage/readings.py:
+-- the batch's newest value per metric, upserted; a trigger per row or statement would
+-- cost more than the insert itself), and by the trigger below when readings are deleted.
+-- Of two readings at one instant the higher value wins, as before.
 CREATE TABLE latest_values (
     sensor_id INTEGER NOT NULL REFERENCES sensors (id) ON DELETE CASCADE,
     metric TEXT NOT NULL,
@@ -26,16 +28,6 @@ INSERT INTO latest_values (sensor_id, metric, ts, value)
             PARTITION BY sensor_id, metric ORDER BY ts DESC, value DESC
         ) AS n FROM reading_values
     ) WHERE n = 1;
-
--- An older reading that arrives late never replaces a newer value (`WHERE true` lets
--- SQLite's parser tell the upsert's ON CONFLICT from a join constraint).
-CREATE TRIGGER readings_update_latest AFTER INSERT ON readings BEGIN
-    INSERT INTO latest_values (sensor_id, metric, ts, value)
-        SELECT NEW.sensor_id, m.key, NEW.ts, m.value FROM json_each(NEW.metrics) m WHERE true
-        ON CONFLICT (sensor_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value
-        WHERE excluded.ts > latest_values.ts
-            OR (excluded.ts = latest_values.ts AND excluded.value > latest_values.value);
-END;
 
 -- A deleted reading that held a latest value (retention, a sensor's cascade): the newest
 -- remaining reading of that metric takes its place, or the row goes when none is left.

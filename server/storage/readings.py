@@ -51,19 +51,43 @@ async def sensor_exists(db: Tx, sensor_id: int) -> bool:
     return await db.fetchval("SELECT 1 FROM sensors WHERE id = ?", sensor_id) is not None
 
 
+# Of two values at one instant the higher wins, so every order of arrival agrees.
+_UPSERT_LATEST = (
+    "INSERT INTO latest_values (sensor_id, metric, ts, value) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (sensor_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value"
+    " WHERE (excluded.ts, excluded.value) > (latest_values.ts, latest_values.value)"
+)
+
+
+def newest_values(rows: Iterable[Sequence[Any]]) -> list[tuple[int, str, datetime, float]]:
+    """(sensor_id, metric, ts, value): the newest value of each metric of each sensor in
+    `rows` (readings rows), in key order, so that two transactions upserting the same
+    latest_values rows lock them in the same order and never deadlock."""
+    newest: dict[tuple[int, str], tuple[datetime, float]] = {}
+    for sensor_id, ts, metrics in rows:
+        for metric, value in metrics.items():
+            key = (sensor_id, metric)
+            seen = newest.get(key)
+            if seen is None or (ts, value) > seen:
+                newest[key] = (ts, value)
+    return sorted([(k[0], k[1], v[0], v[1]) for k, v in newest.items()])
+
+
 async def store_readings(
     storage: Storage, rows: Iterable[Sequence[Any]], anomalies: Sequence[Sequence[Any]]
 ) -> list[Row]:
-    """All readings in one copy_rows and their anomalies, in one transaction; returns the
-    stored anomaly rows in id order. An unknown sensor_id is an IntegrityError."""
-    if not anomalies:
-        # One copy_rows is atomic by itself: on PostgreSQL that spares the BEGIN and
-        # COMMIT round trips of nearly every batch.
-        await storage.copy_rows("readings", READING_COLUMNS, rows)
-        return []
+    """All readings in one copy_rows, the newest value per metric into latest_values, and
+    the anomalies, in one transaction; returns the stored anomaly rows in id order. An
+    unknown sensor_id is an IntegrityError.
+
+    The latest values go after the readings: their row locks (a concurrent batch of the
+    same sensors waits on them) are held only for the upsert and the COMMIT. An older
+    reading arriving late does not replace a newer value (the upsert's WHERE)."""
+    batch = rows if isinstance(rows, list) else list(rows)
     stored: list[Row] = []
     async with storage.transaction() as tx:
-        await tx.copy_rows("readings", READING_COLUMNS, rows)
+        await tx.copy_rows("readings", READING_COLUMNS, batch)
+        await tx.executemany(_UPSERT_LATEST, newest_values(batch))
         for start in range(0, len(anomalies), _ANOMALIES_PER_INSERT):
             chunk = anomalies[start : start + _ANOMALIES_PER_INSERT]
             marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
