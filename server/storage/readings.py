@@ -52,7 +52,7 @@ async def sensor_exists(db: Tx, sensor_id: int) -> bool:
 
 
 # Of two values at one instant the higher wins, so every order of arrival agrees.
-_UPSERT_LATEST = (
+UPSERT_LATEST = (
     "INSERT INTO latest_values (sensor_id, metric, ts, value) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (sensor_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value"
     " WHERE (excluded.ts, excluded.value) > (latest_values.ts, latest_values.value)"
@@ -87,7 +87,7 @@ async def store_readings(
     stored: list[Row] = []
     async with storage.transaction() as tx:
         await tx.copy_rows("readings", READING_COLUMNS, batch)
-        await tx.executemany(_UPSERT_LATEST, newest_values(batch))
+        await tx.executemany(UPSERT_LATEST, newest_values(batch))
         for start in range(0, len(anomalies), _ANOMALIES_PER_INSERT):
             chunk = anomalies[start : start + _ANOMALIES_PER_INSERT]
             marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
