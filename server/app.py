@@ -78,7 +78,11 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     db = config.database
     storage = await open_storage(
-        db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
+        db.url,
+        base_dir=config.base_dir,
+        pool_min=db.pool_min,
+        pool_max=db.pool_max,
+        acquire_timeout=db.acquire_timeout,
     )
     try:
         await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)

@@ -56,6 +56,9 @@ class DatabaseConfig:
     pool_min: int = setting(1, validate.Range(min=0))
     pool_max: int = setting(10, validate.Range(min=1))
     auto_migrate: bool = True
+    # Seconds a request waits for a free connection (PostgreSQL's pool, SQLite's one
+    # connection) before it is answered 503 unavailable instead of queueing forever.
+    acquire_timeout: float = setting(10.0, validate.Range(min=0.01))
 
 
 @dataclass(frozen=True, slots=True)

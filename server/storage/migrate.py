@@ -193,10 +193,17 @@ async def _apply_one(tx: Tx, migration: Migration, sql: str) -> bool:
 async def ensure_current(
     storage: Storage, directory: Path = MIGRATIONS_DIR, auto_migrate: bool = True
 ) -> list[Migration]:
-    """At startup: apply pending migrations, or, with auto_migrate off, refuse to start."""
+    """At startup: apply pending migrations, or, with auto_migrate off, refuse to start.
+
+    Then the storage expects the newest version (Storage.schema_version): its ping, the
+    health check, fails while the database is behind it (dropped and recreated empty)."""
     if auto_migrate:
-        return await apply(storage, directory)
-    missing = await pending(storage, directory)
-    if missing:
-        raise PendingMigrations(missing)
-    return []
+        applied = await apply(storage, directory)
+    else:
+        applied = []
+        missing = await pending(storage, directory)
+        if missing:
+            raise PendingMigrations(missing)
+    available = await asyncio.to_thread(discover, directory, storage.dialect)
+    storage.schema_version = max((m.version for m in available), default=None)
+    return applied
