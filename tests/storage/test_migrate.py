@@ -1,7 +1,10 @@
 """Migrations on both backends (the `storage` fixture is parametrized in conftest)."""
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -570,3 +573,26 @@ async def test_readings_of_a_sensor_being_deleted_wait_for_it_then_are_refused(m
     with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
         await insert
     assert await migrated.fetchval("SELECT count(*) FROM readings") == 0
+
+
+def test_an_installed_package_carries_its_migrations(tmp_path: Path):
+    """What a wheel or a non-editable install holds (setuptools' build_py: the packages
+    with their package data), imported from elsewhere, finds every migration."""
+    repo = Path(__file__).resolve().parents[2]
+    lib = tmp_path / "lib"
+    build = [sys.executable, "-c", "from setuptools import setup; setup()", "-q"]
+    subprocess.run(
+        [*build, "build_py", "--build-lib", str(lib)], cwd=repo, check=True, capture_output=True
+    )
+    probe = (
+        "from server.storage.migrate import MIGRATIONS_DIR, discover; print(MIGRATIONS_DIR);"
+        "print([m.filename for m in discover(MIGRATIONS_DIR, 'postgres')])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(lib)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+
+    assert out[0] == str(lib / "server" / "migrations")
+    assert out[1] == str([m.filename for m in discover(MIGRATIONS_DIR, "postgres")])
+    assert (lib / "server" / "migrations" / "README.md").is_file()
