@@ -35,19 +35,27 @@ async def latest(db: Storage, sid: int) -> dict[str, tuple[datetime, float]]:
     return {r["metric"]: (r["ts"], r["value"]) for r in await select_latest(db, sid)}
 
 
-async def test_an_older_reading_arriving_late_does_not_replace_a_newer_value(migrated: Storage):
+async def test_an_older_reading_arriving_late_does_not_replace_a_newer_value(migrated: Storage):  # noqa: F811
     sid = await sensor(migrated)
     await store_readings(migrated, [(sid, at(10), {"t": 10.0, "h": 1.0})], [])
     await store_readings(migrated, [(sid, at(5), {"t": 5.0, "h": 2.0, "p": 7.0})], [])
 
-    assert await latest(migrated, sid) == {"t": (at(10), 10.0), "h": (at(10), 1.0), "p": (at(5), 7.0)}
+    assert await latest(migrated, sid) == {
+        "t": (at(10), 10.0),
+        "h": (at(10), 1.0),
+        "p": (at(5), 7.0),
+    }
 
     await store_readings(migrated, [(sid, at(11), {"h": 3.0})], [])
 
-    assert await latest(migrated, sid) == {"t": (at(10), 10.0), "h": (at(11), 3.0), "p": (at(5), 7.0)}
+    assert await latest(migrated, sid) == {
+        "t": (at(10), 10.0),
+        "h": (at(11), 3.0),
+        "p": (at(5), 7.0),
+    }
 
 
-async def test_within_a_batch_the_newest_wins_and_a_tie_takes_the_higher_value(migrated: Storage):
+async def test_within_a_batch_the_newest_wins_and_a_tie_takes_the_higher_value(migrated: Storage):  # noqa: F811
     a, b = await sensor(migrated), await sensor(migrated)
     rows = [
         (a, at(3), {"t": 3.0}),
@@ -63,17 +71,19 @@ async def test_within_a_batch_the_newest_wins_and_a_tie_takes_the_higher_value(m
     assert await latest(migrated, b) == {"t": (at(1), 1.0)}
 
 
-async def test_a_batch_that_fails_leaves_the_latest_values_as_they_were(migrated: Storage):
+async def test_a_batch_that_fails_leaves_the_latest_values_as_they_were(migrated: Storage):  # noqa: F811
     sid = await sensor(migrated)
     await store_readings(migrated, [(sid, at(1), {"t": 1.0})], [])
 
     with pytest.raises(IntegrityError):
-        await store_readings(migrated, [(sid, at(2), {"t": 2.0}), (sid + 99, at(3), {"t": 3.0})], [])
+        await store_readings(
+            migrated, [(sid, at(2), {"t": 2.0}), (sid + 99, at(3), {"t": 3.0})], []
+        )
 
     assert await latest(migrated, sid) == {"t": (at(1), 1.0)}
 
 
-async def test_deleting_the_newest_reading_brings_back_the_one_before(migrated: Storage):
+async def test_deleting_the_newest_reading_brings_back_the_one_before(migrated: Storage):  # noqa: F811
     sid = await sensor(migrated)
     await store_readings(
         migrated,
@@ -88,7 +98,7 @@ async def test_deleting_the_newest_reading_brings_back_the_one_before(migrated: 
     assert await latest(migrated, sid) == {"t": (at(2), 2.0)}
 
 
-async def test_retention_drops_values_with_no_reading_left_and_keeps_the_rest(migrated: Storage):
+async def test_retention_drops_values_with_no_reading_left_and_keeps_the_rest(migrated: Storage):  # noqa: F811
     sid = await sensor(migrated)
     old = [(sid, at(i), {"t": float(i), "gone": 1.0}) for i in range(7)]
     await store_readings(migrated, [*old, (sid, at(100), {"t": 100.0})], [])
@@ -100,7 +110,7 @@ async def test_retention_drops_values_with_no_reading_left_and_keeps_the_rest(mi
     assert await migrated.fetchval("SELECT count(*) FROM readings") == 1
 
 
-async def test_deleting_a_sensor_deletes_its_latest_values(migrated: Storage):
+async def test_deleting_a_sensor_deletes_its_latest_values(migrated: Storage):  # noqa: F811
     a, b = await sensor(migrated), await sensor(migrated)
     await store_readings(migrated, [(a, at(1), {"t": 1.0}), (b, at(1), {"t": 2.0})], [])
 

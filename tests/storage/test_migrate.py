@@ -590,7 +590,12 @@ def test_an_installed_package_carries_its_migrations(tmp_path: Path):
     )
     env = {**os.environ, "PYTHONPATH": str(lib)}
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.splitlines()
 
     assert out[0] == str(lib / "server" / "migrations")

@@ -89,8 +89,7 @@ def whole_table_work(dialect: str, lines: list[str]) -> list[str]:
     return [
         line
         for line in lines
-        if "Seq Scan" in line
-        or ((sort := _SORT_NODE.match(line)) and int(sort["rows"]) > MAX_PAGE)
+        if "Seq Scan" in line or ((sort := _SORT_NODE.match(line)) and int(sort["rows"]) > MAX_PAGE)
     ]
 
 
