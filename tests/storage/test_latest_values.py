@@ -1,6 +1,7 @@
 """latest_values on SQLite and PostgreSQL: the newest value per sensor and metric stays
 right after out-of-order inserts, deletes, retention and a sensor's deletion."""
 
+import asyncio
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,3 +140,47 @@ async def test_migration_fills_latest_values_from_existing_readings(
     await apply(storage)
 
     assert await latest(storage, sid) == {"t": (at(2), 2.5), "h": (at(1), 5.0)}
+
+
+class NoTransactions:
+    """The storage, with each statement recorded and transaction() refused."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.dialect = inner.dialect
+        self.statements: list[str] = []
+
+    async def fetch(self, sql: str, *args: object) -> list[dict[str, object]]:
+        self.statements.append(sql)
+        return await self.inner.fetch(sql, *args)
+
+    def transaction(self) -> None:
+        raise AssertionError("retention must not hold one transaction over every batch")
+
+
+async def test_retention_deletes_batch_by_batch_each_on_its_own(migrated: Storage):  # noqa: F811
+    sid = await sensor(migrated)
+    await store_readings(migrated, [(sid, at(i), {"t": float(i)}) for i in range(7)], [])
+    db = NoTransactions(migrated)
+
+    assert await delete_readings_before(db, at(50), batch=2) == 7  # type: ignore[arg-type]
+
+    assert len(db.statements) == 4
+    assert all(sql.startswith("DELETE") for sql in db.statements)
+
+
+async def test_a_reader_gets_the_sqlite_connection_between_retention_batches(
+    migrated: Storage,  # noqa: F811
+):
+    if migrated.dialect != "sqlite":
+        pytest.skip("on PostgreSQL a reader has its own pooled connection: nothing to wait for")
+    sid = await sensor(migrated)
+    await store_readings(migrated, [(sid, at(i), {"t": float(i)}) for i in range(20)], [])
+
+    retention = asyncio.create_task(delete_readings_before(migrated, at(50), batch=1))
+    await asyncio.sleep(0)  # a yield, not a wait: the first batch has begun
+    seen = await migrated.fetchval("SELECT count(*) FROM readings")
+    assert await retention == 20
+
+    # Queued behind the first batch only, not behind the whole pass.
+    assert seen == 19
