@@ -9,9 +9,9 @@ from aiohttp import web
 from server.api.respond import json_response
 from server.compat.views import rooms
 from server.hub import Hub
+from server.hub.connection import Connection
 from server.keys import HUB
 from server.ws import frames
-from server.ws.connection import Connection
 from server.ws.endpoint import RoomEntry
 
 

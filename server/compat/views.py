@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from server import codec
 from server.hub import Hub
+from server.hub.connection import Connection
 from server.services.chat import room_of
-from server.ws.connection import Connection
 
 
 def connected_at(conn: Connection) -> str:

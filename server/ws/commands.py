@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from server.compat import Dialect
     from server.config import Config
     from server.hub import Hub
+    from server.hub.connection import Connection
     from server.services import Services
-    from server.ws.connection import Connection
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from server.channels import parse_channel_list
 from server.compat import Dialect
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from server.hub import Hub, HubStats, Member
+from server.hub.connection import Connection, TokenBucket
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
 from server.services.chat import check_room, room_channel
 from server.ws import frames
-from server.ws.connection import Connection, TokenBucket
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.bus import Bus, Position, Publication, Recovery
+from server.hub.connection import SLOW_CONSUMER, Connection, Outbox
 from server.ws import frames
-from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
 
 log = logging.getLogger(__name__)
 
