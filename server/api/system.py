@@ -45,7 +45,7 @@ async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "connections": len(hub.clients),
         "connections_total": s.connections_total,
-        "channels": {ch: hub.channel_stats(ch) for ch in sorted(hub.channels)},
+        "channels": {ch: hub.channel_stats(ch) for ch in sorted(hub.channel_names())},
         "messages_in": s.messages_in,
         "messages_out": s.messages_out,
         "publications": s.publications,
