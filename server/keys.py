@@ -9,6 +9,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from server.api.operations import Operation
+    from server.api.sse import SseConnection
     from server.auth import Authenticator
     from server.bus import Bus
     from server.channels import ChannelPolicy
@@ -26,4 +27,6 @@ SERVICES: web.AppKey[Services] = web.AppKey("services")
 OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operations")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 OPENAPI = web.AppKey("openapi", bytes)
+# Open Server-Sent Events streams: the keep-alive writes to them.
+SSE_STREAMS: web.AppKey[set[SseConnection]] = web.AppKey("sse_streams")
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)

@@ -8,7 +8,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import auth, chat, notifications, predictions, readings, sensors, system
+from server.api import auth, chat, notifications, predictions, readings, sensors, sse, system
 from server.api.middleware import (
     REST_LIMITER,
     RestLimiter,
@@ -114,6 +114,8 @@ def setup_routes(app: web.Application) -> None:
         router.add_get("/api/v1/health", json_errors(system.health)),
         router.add_get("/api/v1/openapi.json", json_errors(openapi)),
         router.add_post(auth.LOGIN_PATH, json_errors(auth.login)),
+        # EventSource from allowed origins: CORS headers like any REST route.
+        router.add_get("/api/v1/sse", json_errors(sse.sse)),
     ]
     for op in operations.values():
         routes.append(router.add_route(op.method, op.path, rest_handler(op)))

@@ -44,6 +44,8 @@ async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     s = hub.stats
     return {
         "connections": len(hub.clients),
+        # Of those, Server-Sent Events streams (GET /api/v1/sse).
+        "sse_streams": hub.transports["sse"],
         "connections_total": s.connections_total,
         "channels": {ch: hub.channel_stats(ch) for ch in sorted(hub.channel_names())},
         "messages_in": s.messages_in,

@@ -73,6 +73,8 @@ class Hub:
         self.presence: dict[str, dict[str, Member]] = {}
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
+        # transport (Framing.name: websocket, sse) -> open connections
+        self.transports: Counter[str] = Counter()
         self.stats = HubStats()
         self.outbox = Outbox()
         self.started_at = time.monotonic()
@@ -83,6 +85,7 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.clients[conn.client_id] = conn
         self.per_ip[conn.ip] += 1
+        self.transports[conn.framing.name] += 1
         self.stats.connections_total += 1
 
     async def remove(self, conn: Connection) -> None:
@@ -103,6 +106,7 @@ class Hub:
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
+        self.transports[conn.framing.name] -= 1
         for channel, member in gone:
             await self._announce(channel, "user_left", member)
 
