@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from server.hub.connection import SLOW_CONSUMER, Connection, Framing, Outbox, TokenBucket
+from server.hub.connection import SLOW_CONSUMER, Connection, Framing
 from server.ws.frames import text_frame
 
 if TYPE_CHECKING:
-    from server.auth import Principal
     from server.bus import Publication
 
 
@@ -35,22 +33,11 @@ class WsConnection(Connection):
 
     framing = WS_FRAMING
 
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        client_id: str,
-        principal: Principal,
-        ip: str,
-        max_queue_bytes: int,
-        rate: TokenBucket | None,
-        on_drop: Callable[[Connection, str], None],
-        outbox: Outbox,
-    ) -> None:
+    def __init__(self, ws: web.WebSocketResponse, *args: Any) -> None:
+        """`args`: Connection's, after the transport (client_id, principal, ip, ...)."""
         writer = ws._writer
         assert writer is not None, "connection made before the handshake"
-        super().__init__(
-            writer.transport, client_id, principal, ip, max_queue_bytes, rate, on_drop, outbox
-        )
+        super().__init__(writer.transport, *args)
         self.ws = ws
 
     def frame_reply(self, payload: bytes) -> bytes:
