@@ -9,8 +9,9 @@ on one channel shares the publication's bytes; one on several writes its own id 
 position on the other channels too), so only those pay per delivery.
 
 The body is chunked (HTTP/1.1): the stream writes its chunks to the transport itself, one per
-outbox flush, like a socket's frames. Streams have no read loop: a peer that went away is
-noticed by the next write, at the latest by the keep-alive every `sse.keepalive` seconds.
+outbox flush, like a socket's frames. Streams have no read loop: the request's protocol feeds
+what the peer sends (nothing) to a PeerWatch, as it does a WebSocket's reader, so a peer
+that goes away ends its stream at once; the connection is not reused after a stream.
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ def parse_event_id(value: str) -> dict[str, Position] | None:
         channel, epoch, offset = match.groups()
         out[channel] = Position(int(offset), epoch)
     return out or None
+
+
+class PeerWatch:
+    """In place of aiohttp's payload parser: ignores what the peer sends and ends the
+    stream when the connection is lost."""
+
+    def __init__(self, conn: SseConnection) -> None:
+        self.conn = conn
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.conn.lost()
 
 
 class SseConnection(Connection):
@@ -215,6 +230,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
     app = request.app
     hub = app[HUB]
     response = web.StreamResponse(headers=HEADERS)
+    # Nothing else may follow a stream on its connection (see PeerWatch).
+    response.force_close()
     await response.prepare(request)
     # The first chunk through aiohttp's writer (with the headers); the stream's own
     # chunks follow on the same transport.
@@ -222,6 +239,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     assert transport is not None
     conn = _register(hub, transport, principal, client_id, request, len(channels))
+    if request.protocol is not None:
+        request.protocol.set_parser(PeerWatch(conn))  # type: ignore[arg-type]
     streams = app[SSE_STREAMS]
     streams.add(conn)
     log.info("sse connect %s user=%s channels=%s", client_id, principal.sub, channels)
