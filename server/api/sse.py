@@ -128,6 +128,10 @@ class SseConnection(Connection):
         # The shared event without its own id line: the stream's id replaces it.
         return self.write(head + event[event.index(b"\n") + 1 :], b"")
 
+    def passed(self, pub: Publication, channel: str) -> None:
+        if channel in self._positions:
+            self._positions[channel] = (pub.epoch, pub.offsets[channel])
+
     def _event_id(self) -> bytes:
         return b",".join(_position_part(ch, e, o) for ch, (e, o) in self._positions.items())
 

@@ -203,7 +203,9 @@ class Hub:
         if max_rate is not None:
             missed, later = newest_per_entity(missed), newest_per_entity(later)
         for pub in missed:
-            if not self._delivered_elsewhere(conn, pub, channel):
+            if self._delivered_elsewhere(conn, pub, channel):
+                conn.passed(pub, channel)
+            else:
                 conn.deliver(pub, channel)
         if state is not None:
             for frame in state.frames:

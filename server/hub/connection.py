@@ -216,6 +216,10 @@ class Connection:
             return self.write(self.frame_reply(data), data)
         return self.write(pub.framed(self.framing, channel), pub.payload(channel))
 
+    def passed(self, pub: Publication, channel: str) -> None:
+        """A recovered publication on `channel` not sent again: it already came through
+        another channel. A transport that tracks positions itself (SSE ids) notes it."""
+
     def write(self, wire: bytes, payload: bytes) -> bool:
         """Queue a framed message without waiting; False if the socket is (now) dropped."""
         if self.closing:

@@ -330,3 +330,28 @@ async def test_sigterm_ends_streams_cleanly(tmp_path):
             assert "Traceback" not in server.log()
     finally:
         server.kill()
+
+
+async def test_resume_counts_what_came_through_another_channel(client):
+    stream, subscribed = await open_sse(client, "channel=a&channel=b")
+    first_id = subscribed[-1]["id"]
+    stream.resp.close()
+    await eventually(lambda: client.app[HUB].clients == {})
+    await publish(client, ["a", "b"], 1)
+    again = Stream(await client.get("/api/v1/sse?channel=a&channel=b&last_event_id=" + first_id))
+    assert await again.next() == {"retry": "3000"}
+    got = [await again.event() for _ in range(3)]
+    # 1 comes through a; b's recovery skips it and says so in the next id.
+    assert [e["event"] for e in got] == ["subscribed", "event", "subscribed"]
+    await publish(client, ["a"], 2)
+    live = await again.event()
+    epoch = live["json"]["epoch"]
+    assert live["id"] == f"a/{epoch}/2,b/{epoch}/1"
+    again.resp.close()
+    await eventually(lambda: client.app[HUB].clients == {})
+    await publish(client, ["b"], 3)
+    third, opened = await open_sse(client, f"channel=a&channel=b&last_event_id={live['id']}")
+    assert [s["json"]["recovered"] for s in opened] == [True, True]
+    assert (await third.event())["json"]["data"]["i"] == 3
+    await publish(client, ["a"], 4)
+    assert (await third.event())["json"]["data"]["i"] == 4
