@@ -8,6 +8,7 @@ import aiojobs
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from server.api.auth import LoginLimits
     from server.api.operations import Operation
     from server.api.sse import SseConnection
     from server.auth import Authenticator
@@ -26,6 +27,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operations")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+LOGIN_LIMITS: web.AppKey[LoginLimits] = web.AppKey("login_limits")
 OPENAPI = web.AppKey("openapi", bytes)
 # Open Server-Sent Events streams: the keep-alive writes to them.
 SSE_STREAMS: web.AppKey[set[SseConnection]] = web.AppKey("sse_streams")

@@ -30,11 +30,12 @@ from server import codec
 from server.api.middleware import bearer_token
 from server.auth import Principal
 from server.bus import Position, Publication
-from server.channels import parse_channel_list
+from server.channel_names import parse_channel_list
 from server.errors import ApiError, Conflict, Forbidden, Unavailable, ValidationFailed
 from server.hub import Hub
-from server.hub.connection import CLOSE_POLICY, Connection, Framing
+from server.hub.connection import CLOSE_POLICY, Connection, Framing, client_key
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY, SSE_STREAMS
+from server.ws import expiry
 from server.ws.commands import SNAPSHOT_NAMESPACES, validate_max_rate
 from server.ws.endpoint import CLIENT_ID_RE, DEFAULT_CHANNEL, client_ip, origin_allowed
 
@@ -210,7 +211,7 @@ def _admit(request: web.Request) -> tuple[Principal, str, list[str], dict[str, A
                     {"snapshot": ["offered on readings:{sensor_id} and sensors:{id} channels"]},
                 )
     for channel in channels:
-        if not app[POLICY].can_subscribe(principal, channel):
+        if not app[POLICY].can_read(principal, channel):
             raise Forbidden(f"not allowed: {channel}")
     hub = app[HUB]
     limits = app[CONFIG].ws
@@ -219,7 +220,7 @@ def _admit(request: web.Request) -> tuple[Principal, str, list[str], dict[str, A
         raise Unavailable("too many connections")
     if limits.max_connections_per_ip and hub.per_ip[ip] >= limits.max_connections_per_ip:
         raise Unavailable("too many connections from this address")
-    if client_id in hub.clients:
+    if client_key(principal, client_id) in hub.clients:
         raise Conflict("duplicate client_id")
     return principal, client_id, channels, options
 
@@ -245,6 +246,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
     conn = _register(hub, transport, principal, client_id, request, len(channels))
     if request.protocol is not None:
         request.protocol.set_parser(PeerWatch(conn))  # type: ignore[arg-type]
+    # A token that expires ends the stream (cleanly: EventSource comes back with a new one).
+    expiry.arm(conn, app[CONFIG].auth.jwt_leeway)
     streams = app[SSE_STREAMS]
     streams.add(conn)
     log.info("sse connect %s user=%s channels=%s", client_id, principal.sub, channels)
@@ -259,6 +262,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
             )
         clean = await conn.ended
     finally:
+        expiry.disarm(conn)
         streams.discard(conn)
         await hub.remove(conn)
     if clean:
