@@ -21,6 +21,7 @@ from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
+from server.ingest.mqtt import mqtt_ctx
 from server.keys import (
     AUTH,
     BUS,
@@ -75,6 +76,8 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    if config.mqtt.enabled:
+        app.cleanup_ctx.append(mqtt_ctx)
     app.on_shutdown.append(close_all)
     if config.auth.anonymous_writes:
         log.warning("auth.anonymous_writes is on: anyone who can reach this server may write")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from server.channels import ChannelPolicy
     from server.config import Config
     from server.hub import Hub
+    from server.ingest.mqtt import MqttBridge
     from server.services import Services
     from server.ws.commands import Dispatcher
 
@@ -32,3 +33,4 @@ OPENAPI = web.AppKey("openapi", bytes)
 # Open Server-Sent Events streams: the keep-alive writes to them.
 SSE_STREAMS: web.AppKey[set[SseConnection]] = web.AppKey("sse_streams")
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
+MQTT: web.AppKey[MqttBridge] = web.AppKey("mqtt")
