@@ -101,7 +101,7 @@ class PeerWatch:
 class SseConnection(Connection):
     """A Server-Sent Events response as a hub connection."""
 
-    __slots__ = ("_positions", "ended", "starts")
+    __slots__ = ("_positions", "corked", "ended", "starts")
 
     framing = SSE_FRAMING
     chunked = True
@@ -116,6 +116,18 @@ class SseConnection(Connection):
         # them all in each id. A stream on one channel shares the publication's own bytes.
         self._positions: dict[str, tuple[str, int]] = {}
         self.direct = channels == 1
+        # Until every channel is registered nothing goes out: `retry` then means "you are
+        # subscribed" even when a subscription waits on the bus or a snapshot.
+        self.corked = True
+
+    def flush(self) -> bool:
+        if self.corked:
+            return not self.closing
+        return super().flush()
+
+    def uncork(self) -> None:
+        self.corked = False
+        self.flush()
 
     def deliver(self, pub: Publication, channel: str) -> bool:
         if self.direct or pub.ephemeral:
@@ -238,12 +250,13 @@ async def sse(request: web.Request) -> web.StreamResponse:
     # Nothing else may follow a stream on its connection (see PeerWatch).
     response.force_close()
     await response.prepare(request)
-    # The first chunk through aiohttp's writer (with the headers); the stream's own
-    # chunks follow on the same transport.
-    await response.write(OPENING)
+    # The headers alone, through aiohttp's writer; the stream's own chunks follow on the
+    # same transport.
+    await response.write(b"")
     transport = request.transport
     assert transport is not None
     conn = _register(hub, transport, principal, client_id, request, len(channels))
+    conn.write(OPENING, b"")
     if request.protocol is not None:
         request.protocol.set_parser(PeerWatch(conn))  # type: ignore[arg-type]
     # A token that expires ends the stream (cleanly: EventSource comes back with a new one).
@@ -260,6 +273,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
             await dispatcher.join(
                 conn, channel, since, None, options["snapshot"], max_rate=options["max_rate"]
             )
+        conn.uncork()
         clean = await conn.ended
     finally:
         expiry.disarm(conn)
