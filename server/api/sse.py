@@ -51,8 +51,9 @@ HEADERS = {
     # nginx and the like would buffer the stream otherwise.
     "X-Accel-Buffering": "no",
 }
-# One channel's part of an event id: `channel/epoch/offset` (no `/` or `,` in either name).
-_PART = re.compile(r"([a-z0-9_.:A-Z@-]+)/([A-Za-z0-9_-]*)/(\d{1,18})")
+# One channel's part of an event id: `channel/epoch/offset`. Neither a channel name nor an
+# epoch (local: hex; Redis: hex, or `instance-hex` after an outage) holds `/`, `,` or a space.
+_PART = re.compile(r"([^/,\s]+)/([^/,\s]*)/(\d{1,18})")
 
 
 def _position_part(channel: str, epoch: str, offset: int) -> bytes:
@@ -64,7 +65,7 @@ def _sse_event(pub: Publication, channel: str) -> bytes:
     if pub.ephemeral:
         # Presence and typing have no position: the stream's last id stays.
         return b"event: %b\ndata: %b\n\n" % (pub.type.encode(), payload)
-    part = _position_part(channel, pub.epoch, pub.offsets[channel])
+    part = _position_part(channel, pub.epochs[channel], pub.offsets[channel])
     return b"id: %b\nevent: %b\ndata: %b\n\n" % (part, pub.type.encode(), payload)
 
 
@@ -135,7 +136,7 @@ class SseConnection(Connection):
         positions = self._positions
         for name in pub.channels:
             if name in positions:
-                positions[name] = (pub.epoch, pub.offsets[name])
+                positions[name] = (pub.epochs[name], pub.offsets[name])
         head = b"id: %b\n" % self._event_id()
         event = pub.framed(SSE_FRAMING, channel)
         # The shared event without its own id line: the stream's id replaces it.
@@ -143,7 +144,7 @@ class SseConnection(Connection):
 
     def passed(self, pub: Publication, channel: str) -> None:
         if channel in self._positions:
-            self._positions[channel] = (pub.epoch, pub.offsets[channel])
+            self._positions[channel] = (pub.epochs[channel], pub.offsets[channel])
 
     def _event_id(self) -> bytes:
         return b",".join(_position_part(ch, e, o) for ch, (e, o) in self._positions.items())

@@ -92,12 +92,13 @@ async def test_headers_and_opening(client):
     first, second = (s["json"] for s in subscribed)
     assert first["channel"] == "readings"
     assert second["channel"] == "general"
-    epoch = first["epoch"]
+    # Each channel has its own epoch.
+    r, g = first["epoch"], second["epoch"]
     assert first["offset"] == second["offset"] == 0
     assert "recovered" not in first
     # The id names the position on every channel subscribed so far.
-    assert subscribed[0]["id"] == f"readings/{epoch}/0"
-    assert subscribed[1]["id"] == f"readings/{epoch}/0,general/{epoch}/0"
+    assert subscribed[0]["id"] == f"readings/{r}/0"
+    assert subscribed[1]["id"] == f"readings/{r}/0,general/{g}/0"
     stats = await (await client.get("/api/v1/stats")).json()
     assert stats["sse_streams"] == 1
     assert stats["connections"] == 1
@@ -119,12 +120,12 @@ async def test_same_content_as_the_websocket_frame(client):
     event = await stream.event()
     assert event["data"] == msg.data
     assert event["event"] == "system_event"
-    assert event["id"] == f"general/{pub.epoch}/1"
+    assert event["id"] == f"general/{pub.epochs['general']}/1"
 
 
 async def test_overlapping_channels_deliver_once_and_id_names_both(client):
     stream, subscribed = await open_sse(client, "channel=a&channel=b")
-    epoch = subscribed[0]["json"]["epoch"]
+    a, b = (s["json"]["epoch"] for s in subscribed)
     await publish(client, ["b", "a"], 1)
     await publish(client, ["a"], 2)
     await publish(client, ["b"], 3)
@@ -133,9 +134,9 @@ async def test_overlapping_channels_deliver_once_and_id_names_both(client):
     assert got[0]["json"]["channel"] == "b"
     assert got[0]["json"]["offsets"] == {"b": 1, "a": 1}
     assert [e["id"] for e in got] == [
-        f"a/{epoch}/1,b/{epoch}/1",
-        f"a/{epoch}/2,b/{epoch}/1",
-        f"a/{epoch}/2,b/{epoch}/2",
+        f"a/{a}/1,b/{b}/1",
+        f"a/{a}/2,b/{b}/1",
+        f"a/{a}/2,b/{b}/2",
     ]
     # A fence: the next event is this one, so nothing else came in between.
     await publish(client, ["a"], 4)
@@ -169,8 +170,8 @@ async def _resume(client, how: str) -> None:
     await publish(client, ["b"], 7)
     live = await again.event()
     assert live["json"]["data"]["i"] == 7
-    epoch = live["json"]["epoch"]
-    assert live["id"] == f"a/{epoch}/5,b/{epoch}/5"
+    a, b = got[0]["json"]["epoch"], got[4]["json"]["epoch"]
+    assert live["id"] == f"a/{a}/5,b/{b}/5"
 
 
 async def test_last_event_id_header_resumes_exactly_on_every_channel(client):
@@ -345,8 +346,8 @@ async def test_resume_counts_what_came_through_another_channel(client):
     assert [e["event"] for e in got] == ["subscribed", "event", "subscribed"]
     await publish(client, ["a"], 2)
     live = await again.event()
-    epoch = live["json"]["epoch"]
-    assert live["id"] == f"a/{epoch}/2,b/{epoch}/1"
+    a, b = got[0]["json"]["epoch"], got[2]["json"]["epoch"]
+    assert live["id"] == f"a/{a}/2,b/{b}/1"
     again.resp.close()
     await eventually(lambda: client.app[HUB].clients == {})
     await publish(client, ["b"], 3)
