@@ -14,6 +14,7 @@ import aiojobs
 from aiohttp import web
 
 from server import codec
+from server.api import sse
 from server.api.middleware import shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
@@ -26,7 +27,18 @@ from server.config import Config
 from server.hub import Hub
 from server.ingest.mqtt import mqtt_ctx
 from server.jobs import maintain_bus
-from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
+from server.keys import (
+    AUTH,
+    BUS,
+    CONFIG,
+    DISPATCHER,
+    HUB,
+    JOBS,
+    OPERATIONS,
+    POLICY,
+    SERVICES,
+    SSE_STREAMS,
+)
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
@@ -51,6 +63,7 @@ def create_app(config: Config) -> web.Application:
     instance = instance_name()
     bus = app[BUS] = Bus(make_backend(config, policy, instance), instance)
     hub = app[HUB] = Hub(bus, policy.presence_enabled)
+    app[SSE_STREAMS] = set()
     setup_routes(app)
     app[DISPATCHER] = commands.Dispatcher(
         hub,
@@ -122,12 +135,16 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.stop()
+    app[HUB].conflator.close()
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Background jobs; at shutdown they are given shutdown_timeout to finish."""
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
     await scheduler.spawn(maintain_bus(app[BUS]), name="bus-upkeep")
+    await scheduler.spawn(
+        sse.keepalive(app[SSE_STREAMS], app[CONFIG].sse.keepalive), name="sse-keepalive"
+    )
     await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )

@@ -105,6 +105,12 @@ class WsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SseConfig:
+    # Seconds between `: keepalive` comment lines on every Server-Sent Events stream.
+    keepalive: float = setting(15.0, validate.Range(min=1))
+
+
+@dataclass(frozen=True, slots=True)
 class ApiToken:
     name: str = setting("", validate.Length(min=1))
     # Short ones are accepted (seed clients have `abc123`, `dev` baked in) with a warning.
@@ -247,6 +253,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     ws: WsConfig = field(default_factory=WsConfig)
+    sse: SseConfig = field(default_factory=SseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
