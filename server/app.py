@@ -14,6 +14,7 @@ import aiojobs
 from aiohttp import web
 
 from server import codec
+from server.api import sse
 from server.api.middleware import shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
@@ -26,7 +27,18 @@ from server.config import Config
 from server.hub import Hub, HubLimits
 from server.ingest.mqtt import mqtt_ctx
 from server.jobs import maintain_bus
-from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
+from server.keys import (
+    AUTH,
+    BUS,
+    CONFIG,
+    DISPATCHER,
+    HUB,
+    JOBS,
+    OPERATIONS,
+    POLICY,
+    SERVICES,
+    SSE_STREAMS,
+)
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
@@ -57,7 +69,8 @@ def create_app(config: Config) -> web.Application:
     limits = HubLimits(
         config.ws.max_subscriptions, config.ws.max_anonymous_channels, config.ws.max_lag
     )
-    hub = app[HUB] = Hub(bus, policy.presence_enabled, limits)
+    hub = app[HUB] = Hub(bus, policy.presence_enabled, limits=limits)
+    app[SSE_STREAMS] = set()
     setup_routes(app)
     app[DISPATCHER] = commands.Dispatcher(
         hub,
@@ -109,7 +122,11 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     db = config.database
     storage = await open_storage(
-        db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
+        db.url,
+        base_dir=config.base_dir,
+        pool_min=db.pool_min,
+        pool_max=db.pool_max,
+        acquire_timeout=db.acquire_timeout,
     )
     try:
         await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
@@ -125,6 +142,7 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.stop()
+    app[HUB].conflator.close()
     app[HUB].close()
 
 
@@ -132,6 +150,9 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Background jobs; at shutdown they are given shutdown_timeout to finish."""
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
     await scheduler.spawn(maintain_bus(app[BUS]), name="bus-upkeep")
+    await scheduler.spawn(
+        sse.keepalive(app[SSE_STREAMS], app[CONFIG].sse.keepalive), name="sse-keepalive"
+    )
     await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )

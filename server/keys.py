@@ -10,6 +10,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from server.api.auth import LoginLimits
     from server.api.operations import Operation
+    from server.api.sse import SseConnection
     from server.auth import Authenticator
     from server.bus import Bus
     from server.channels import ChannelPolicy
@@ -29,5 +30,7 @@ OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operation
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 LOGIN_LIMITS: web.AppKey[LoginLimits] = web.AppKey("login_limits")
 OPENAPI = web.AppKey("openapi", bytes)
+# Open Server-Sent Events streams: the keep-alive writes to them.
+SSE_STREAMS: web.AppKey[set[SseConnection]] = web.AppKey("sse_streams")
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
 MQTT: web.AppKey[MqttBridge] = web.AppKey("mqtt")

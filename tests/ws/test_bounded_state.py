@@ -11,8 +11,9 @@ from typing import Any
 
 from server.auth import Principal
 from server.hub import Hub
+from server.hub.connection import Connection
 from server.keys import AUTH, BUS, HUB
-from server.ws.connection import Connection
+from server.ws.socket import WsConnection
 from tests.conftest import eventually, open_ws
 
 CYCLES = 10_000
@@ -88,7 +89,7 @@ def _socket(hub: Hub, i: int, principal: Principal) -> Connection:
         _writer=SimpleNamespace(transport=_Transport()), compress=0, _closed=False, _closing=False
     )
     ip = f"10.{i % 7}.{i // 256 % 256}.{i % 256}"
-    return Connection(ws, f"c{i}", principal, ip, 1 << 20, None, hub.on_drop, hub.outbox)
+    return WsConnection(ws, f"c{i}", principal, ip, 1 << 20, None, hub.on_drop, hub.outbox)
 
 
 def _tables(hub: Hub) -> dict[str, int]:
@@ -133,7 +134,7 @@ async def test_connect_disconnect_churn_leaves_the_tables_where_they_started(cli
     await asyncio.sleep(0)  # the outbox's flush of the last `subscribed` frames
     del conn
     gc.collect()
-    assert not [o for o in gc.get_objects() if type(o) is Connection]
+    assert not [o for o in gc.get_objects() if isinstance(o, Connection)]
     # Loosely: nothing per socket or per channel stays behind (10,000 would be many MB).
     assert _rss_kb() - rss < 32 * 1024
 

@@ -1,17 +1,21 @@
-"""One socket's state: subscriptions, outbound budget and inbound rate limit.
+"""One connection's transport-neutral state: subscriptions, outbound budget, inbound rate.
 
-Outbound: no await per socket. Frames are appended to the socket's pending list and the
-Outbox writes each socket's pending frames once per loop iteration, as one
-`transport.write`: at a few publications per second that is one syscall per frame, under
-load many frames share one. A socket whose peer takes less than that gets a backlog (the
-shared frame bytes, not copies) and, only while it has one, a task that feeds it to the
-transport as the peer reads (HA's writer task, for backed-up sockets only).
+A transport (WebSocket in server.ws.socket, SSE in server.api.sse) subclasses Connection with
+its framing of a publication (cached on the publication, the same bytes for every
+connection of that transport) and its way of closing; the hub only sees this class.
+
+Outbound: no await per connection. Frames are appended to its pending list and the Outbox
+writes each connection's pending frames once per loop iteration, as one `transport.write`:
+at a few publications per second that is one syscall per frame, under load many frames
+share one. A connection whose peer takes less than that gets a backlog (the shared frame
+bytes, not copies) and, only while it has one, a task that feeds it to the transport as the
+peer reads (HA's writer task, for backed-up connections only).
 
 Slow consumers are judged by lag, not by one burst (SPEC §4): past `max_queue_bytes` a
-socket is lagging and the Outbox's one check a second decides (see Outbox); past
-`max_backlog_bytes` it is dropped at once. A drop (4008 "slow consumer") releases the
-backlog at once; the close frame follows what the transport still holds, and the endpoint
-aborts the transport when the closing handshake is over.
+connection is lagging and the Outbox's one check a second decides (see Outbox); past
+`max_backlog_bytes` it is dropped at once. A drop (4008 "slow consumer"; an SSE stream is
+cut) releases the backlog at once; the close follows what the transport still holds, and
+the transport is aborted shortly after the close.
 """
 
 from __future__ import annotations
@@ -21,13 +25,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import WSMsgType, web
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from server.auth import ANONYMOUS_KEY_PREFIX
 from server.config import ANONYMOUS
-from server.ws import frames
 
 if TYPE_CHECKING:
     from server.auth import Principal
@@ -37,9 +39,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLOW_CONSUMER = "slow consumer"
+# Close codes the hub's side uses (SPEC §4); ws.frames names them all.
+CLOSE_POLICY = 4008
+CLOSE_GOING_AWAY = 1001
 # Pending bytes that are written at once instead of at the end of the loop iteration.
 FLUSH_BYTES = 16 * 1024
-# How often the Outbox looks at lagging sockets.
+# How often the Outbox looks at lagging connections.
 LAG_CHECK_SECONDS = 1.0
 
 
@@ -151,28 +156,38 @@ class Outbox:
         self.lagging.clear()
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Framing:
+    """A transport's framing of a publication on one channel: the bytes every connection
+    of that transport gets, cached on the publication (Publication.framed)."""
+
+    name: str
+    encode: Callable[[Publication, str], bytes]
+
+
 class Connection:
+    """What the hub writes to. Subclasses set `framing`, `frame_reply` and `_close`."""
+
     __slots__ = (
         "__weakref__",
         "_backlog",
         "_backlog_bytes",
-        "_compressed",
-        "_compressed_bytes",
+        "_dialect",
         "_drainer",
         "_flush_at",
         "_high_water",
         "_outbox",
         "_pending",
         "_pending_bytes",
-        "_sender",
         "_transport",
         "client_id",
         "closer",
         "closing",
+        "conflated",
         "connected_at",
         "dedupe",
         "dedupe_until",
-        "dialect",
+        "direct",
         "expiry",
         "hard_limit",
         "ip",
@@ -184,12 +199,15 @@ class Connection:
         "rate",
         "recovering",
         "subscriptions",
-        "ws",
     )
+
+    framing: ClassVar[Framing]
+    # HTTP chunked transfer coding around each write (an SSE response body).
+    chunked: ClassVar[bool] = False
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
         client_id: str,
         principal: Principal,
         ip: str,
@@ -199,11 +217,10 @@ class Connection:
         outbox: Outbox,
         max_backlog_bytes: int = 0,
     ) -> None:
-        self.ws = ws
         self.client_id = client_id
         self.principal = principal
         self.ip = ip
-        # The budget: more than this outbound, the socket is lagging (see Outbox).
+        # The budget: more than this outbound, the connection is lagging (see Outbox).
         self.limit = max_queue_bytes
         # More than this outbound, it is dropped at once: memory is bounded even while
         # a stalled peer's lag is being judged.
@@ -214,14 +231,19 @@ class Connection:
         self.on_drop = on_drop
         self.connected_at = time.monotonic()
         # A seed's protocol (server.compat), or None for the native one.
-        self.dialect: Dialect | None = None
+        self._dialect: Dialect | None = None
+        # The transport's shared bytes of a publication can be written as they are: no
+        # dialect to translate into, no bytes of its own per delivery (see `deliver`).
+        self.direct = True
         self.closing = False
-        self.closer: asyncio.Task[bool] | None = None
-        # The timer that closes the socket when its token expires (server.ws.expiry).
+        self.closer: asyncio.Task[Any] | None = None
+        # The timer that closes the connection when its token expires (server.ws.expiry).
         self.expiry: asyncio.TimerHandle | None = None
         # channel -> first offset this connection receives there (live or recovered): a
         # publication also on another channel at or past that offset was already delivered.
         self.subscriptions: dict[str, int] = {}
+        # channel -> max_rate, for the subscriptions the hub conflates.
+        self.conflated: dict[str, float] | None = None
         # channel -> publications held back while that channel's recovery is under way.
         # Not None also while `dedupe` is: the hub then delivers through its slow path.
         self.recovering: dict[str, list[Publication]] | None = None
@@ -229,21 +251,15 @@ class Connection:
         # when it arrives live shortly after the join, until dedupe_until.
         self.dedupe: dict[str, Callable[[Publication], bool]] | None = None
         self.dedupe_until = 0.0
-        writer = ws._writer
-        assert writer is not None, "connection made before the handshake"
-        self._transport: asyncio.Transport = writer.transport
+        self._transport = transport
         # Past this many bytes in the transport, asyncio pauses the protocol: further
         # frames wait in the backlog (shared bytes, no copies) and a drain task feeds them
-        # in as the peer reads. So what a dropped socket still holds in the transport is
-        # small, complete frames, and its close frame follows them.
-        self._high_water = self._transport.get_write_buffer_limits()[1]
+        # in as the peer reads. So what a dropped connection still holds in the transport
+        # is small, complete frames, and its close follows them.
+        self._high_water = transport.get_write_buffer_limits()[1]
         self._backlog: deque[bytes] | None = None
         self._backlog_bytes = 0
         self._drainer: asyncio.Task[None] | None = None
-        # permessage-deflate frames are per socket: those go through aiohttp's writer, in order.
-        self._compressed: deque[bytes] | None = deque() if ws.compress else None
-        self._compressed_bytes = 0
-        self._sender: asyncio.Task[None] | None = None
         self._outbox = outbox
         # Framed messages waiting for the outbox's flush, and their size; never more than
         # _flush_at bytes wait.
@@ -252,9 +268,18 @@ class Connection:
         self._flush_at = min(FLUSH_BYTES, max_queue_bytes)
 
     @property
+    def dialect(self) -> Dialect | None:
+        return self._dialect
+
+    @dialect.setter
+    def dialect(self, dialect: Dialect | None) -> None:
+        self._dialect = dialect
+        self.direct = dialect is None
+
+    @property
     def compressed(self) -> bool:
-        """permessage-deflate: frames are compressed one by one, so never pre-joined."""
-        return self._compressed is not None
+        """Frames are compressed one by one, so never pre-joined (permessage-deflate)."""
+        return False
 
     @property
     def user(self) -> dict[str, Any]:
@@ -317,31 +342,33 @@ class Connection:
 
     def buffered(self) -> int:
         """Outbound bytes not yet taken by the kernel: the transport's, the backlog's and
-        the pending or compressed frames'."""
-        return (
-            self._transport.get_write_buffer_size()
-            + self._backlog_bytes
-            + self._pending_bytes
-            + self._compressed_bytes
-        )
+        the pending frames'."""
+        return self._transport.get_write_buffer_size() + self._backlog_bytes + self._pending_bytes
 
     def _sendable(self) -> bool:
-        """Whether a data frame may still go out (see flush)."""
-        ws = self.ws
-        return not (self.closing or ws._closed or ws._closing or self._transport.is_closing())
+        """Whether data may still go out: not closing, transport open (a transport adds its
+        own conditions, such as no WebSocket data frame after a Close)."""
+        return not (self.closing or self._transport.is_closing())
+
+    def deliver(self, pub: Publication, channel: str) -> bool:
+        """A publication on `channel`, in this transport's shared framing. A transport whose
+        bytes differ per connection overrides this (and is then never `direct`)."""
+        if self._dialect is not None:
+            # Translated once per dialect and channel, not per socket.
+            data = pub.translated(self._dialect, channel)
+            if data is None:
+                return not self.closing
+            return self.write(self.frame_reply(data), data)
+        return self.write(pub.framed(self.framing, channel), pub.payload(channel))
+
+    def passed(self, pub: Publication, channel: str) -> None:
+        """A recovered publication on `channel` not sent again: it already came through
+        another channel. A transport that tracks positions itself (SSE ids) notes it."""
 
     def write(self, wire: bytes, payload: bytes) -> bool:
         """Queue a framed message without waiting; False if the socket is (now) dropped."""
         if self.closing:
             return False
-        if self._compressed is not None:
-            if not self._sendable():
-                return False
-            self._compressed.append(payload)
-            self._compressed_bytes += len(payload)
-            if self._sender is None:
-                self._sender = asyncio.get_running_loop().create_task(self._send_compressed())
-            return self._judge()
         pending = self._pending
         if pending is None:
             # One frame is kept as the shared bytes object itself: no container per socket
@@ -366,16 +393,17 @@ class Connection:
         data = self._take_pending()
         if data is None:
             return not self.closing
-        ws, transport = self.ws, self._transport
-        # No data frame after a Close (RFC 6455 §5.5.1): not ours, nor one aiohttp sent
-        # itself (a 1009, a missed pong), nor once the peer's arrived.
-        if self.closing or ws._closed or ws._closing or transport.is_closing():
+        transport = self._transport
+        if transport.is_closing():
+            self.lost()
+            return False
+        if not self._sendable():
             return False
         backlog = self._backlog
         if backlog is not None:
             backlog.append(data)
             self._backlog_bytes += len(data)
-            return self._judge()
+            return self.judge()
         transport.write(data)
         size = transport.get_write_buffer_size()
         if size > self._high_water:
@@ -384,9 +412,9 @@ class Connection:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
         elif size <= self.limit:
             return True
-        return self._judge()
+        return self.judge()
 
-    def _judge(self) -> bool:
+    def judge(self) -> bool:
         """Over the hard cap: dropped now; over the budget: lagging, judged by the outbox."""
         size = self.buffered()
         if size > self.hard_limit:
@@ -398,15 +426,14 @@ class Connection:
 
     async def _drain(self) -> None:
         """Feed the backlog to the transport as the peer reads; ends when it is empty."""
-        writer = self.ws._payload_writer
         transport = self._transport
+        protocol: Any = transport.get_protocol()
         backlog = self._backlog
-        assert writer is not None
         assert backlog is not None
         try:
             while self._sendable():
-                # Returns once the transport is below its low-water mark.
-                await writer.drain()
+                # aiohttp's protocol: returns once the transport is below its low-water mark.
+                await protocol._drain_helper()
                 while backlog and self._sendable():
                     data = backlog.popleft()
                     self._backlog_bytes -= len(data)
@@ -432,72 +459,66 @@ class Connection:
             return None
         self._pending = None
         self._pending_bytes = 0
-        return pending if isinstance(pending, bytes) else b"".join(pending)
+        data = pending if isinstance(pending, bytes) else b"".join(pending)
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
 
     def send(self, payload: bytes) -> bool:
-        """A frame for this socket only (replies, errors): framed here, same budget."""
-        if self.dialect is not None:
-            translated = self.dialect.encode(payload)
+        """A frame for this connection only (replies, errors): framed here, same budget."""
+        if self._dialect is not None:
+            translated = self._dialect.encode(payload)
             if translated is None:
                 return not self.closing
             payload = translated
-        return self.write(frames.text_frame(payload), payload)
+        return self.write(self.frame_reply(payload), payload)
 
-    async def _send_compressed(self) -> None:
-        queue = self._compressed
-        assert queue is not None
-        try:
-            while queue and self._sendable():
-                payload = queue.popleft()
-                self._compressed_bytes -= len(payload)
-                # close_soon may clear the queue while this awaits: nothing is popped after.
-                await self.ws.send_frame(payload, WSMsgType.TEXT)
-        except (ConnectionError, RuntimeError):
-            pass
-        finally:
-            queue.clear()
-            self._compressed_bytes = 0
-            self._sender = None
+    def frame_reply(self, payload: bytes) -> bytes:
+        """A frame's JSON in this transport's framing."""
+        raise NotImplementedError
+
+    def lost(self) -> None:
+        """The peer is gone (found out on a write); a transport without a read loop ends
+        its stream here."""
 
     def drop(self, reason: str) -> None:
         """Close with 4008 (policy) because of `reason`, and tell the hub (which logs it)."""
         if self.closing:
             return
         self.on_drop(self, reason)
-        # What a dropped socket has not taken yet is not sent any more: released now.
-        self._take_pending()
+        # What a dropped connection has not taken yet is not sent any more: released now.
+        self._pending = None
+        self._pending_bytes = 0
         self._release()
-        self.close_soon(frames.CLOSE_POLICY, reason)
+        self.close_soon(CLOSE_POLICY, reason)
 
     def _release(self) -> None:
+        """Drop what waits behind the transport (the backlog)."""
         if self._backlog is not None:
             self._backlog.clear()
             self._backlog_bytes = 0
-        if self._compressed:
-            self._compressed.clear()
-            self._compressed_bytes = 0
 
     def close_soon(self, code: int, reason: str) -> None:
-        """Start the closing handshake; the endpoint's read loop then ends and cleans up."""
+        """Start closing; the transport's handler then ends and cleans up."""
         if self.closing:
             return
-        # Frames already accepted go out before the close frame; a backlog does not (it
-        # would follow the close frame), nor what compression has not sent yet.
+        # Frames already accepted go out before the close; a backlog does not (it would
+        # follow the close).
         data = self._take_pending()
         if data is not None and self._backlog is None and self._sendable():
             self._transport.write(data)
         self.closing = True
         self._release()
-        # The endpoint awaits this task before it returns, which also keeps it referenced.
-        self.closer = asyncio.get_running_loop().create_task(
-            self.ws.close(code=code, message=frames.close_reason(reason), drain=False)
-        )
+        self._close(code, reason)
 
     def abort_later(self, delay: float) -> None:
-        """Once the closing handshake is over: what the transport still holds (a tail of
-        whole frames and the close frame) gets `delay` s to reach the peer, then it is
-        dropped instead of waiting for TCP to give up on a peer that never reads."""
+        """Once the close is done: what the transport still holds (a tail of whole frames
+        and the close) gets `delay` s to reach the peer, then it is dropped instead of
+        waiting for TCP to give up on a peer that never reads."""
         self._release()
         transport = self._transport
         if transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(delay, transport.abort)
+
+    def _close(self, code: int, reason: str) -> None:
+        raise NotImplementedError

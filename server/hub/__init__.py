@@ -1,23 +1,25 @@
-"""Channel hub: which sockets a publication reaches, framed once, the same bytes to each.
+"""Channel hub: which connections a publication reaches, framed once, the same bytes to each.
 
-The hub is the bus's receiver. Per publication it resolves, per socket, the first of the
-publication's channels that socket is subscribed to (so a socket on several of them gets it
-exactly once), frames the payload once per such channel and writes the bytes to every
-socket without awaiting any of them. A batch bigger than BATCH_CHUNK publications is
-delivered a chunk at a time, yielding to the loop in between (pings, reads and other
-sockets' writes run meanwhile); deliveries that arrive during one wait behind it, so every
-socket still gets publications in publishing order.
+The hub is the bus's receiver. Per publication it resolves, per connection, the first of the
+publication's channels that connection is subscribed to (so a connection on several of them
+gets it exactly once), frames the payload once per such channel and transport (a WebSocket
+frame, an SSE event: the connection's `framing`, cached on the publication) and writes the
+bytes to every connection without awaiting any of them. Conflated subscriptions
+(`max_rate`) go through the Conflator instead of the direct fan-out. A batch bigger than
+BATCH_CHUNK publications is delivered a chunk at a time, yielding to the loop in between
+(pings, reads and other sockets' writes run meanwhile); deliveries that arrive during one
+wait behind it, so every connection still gets publications in publishing order.
 
 Tables and their bounds (SPEC §4, bounded state):
-- `clients`: one entry per open socket, at most `ws.max_connections`.
-- `per_ip`: one counter per address with an open socket (deleted at 0), so at most
-  `clients`; each at most `ws.max_connections_per_ip`.
+- `clients`: one entry per open connection, at most `ws.max_connections`.
+- `per_ip`: one counter per address with an open connection (deleted at 0), so at most
+  `clients`; each at most `ws.max_connections_per_ip`. `transports`: one per transport.
 - `channels`: channels with at least one subscriber (deleted when the last one leaves), at
   most `ws.max_connections` x `ws.max_subscriptions`; `anonymous_channels`, those anonymous
-  sockets created, at most `ws.max_anonymous_channels`.
+  connections created, at most `ws.max_anonymous_channels`.
 - presence (the bus's table): per channel with presence, one Member per user with a
-  socket there, at most the channel's subscribers.
-- `outbox.lagging`: at most one entry per open socket; `drops`: one counter per reason.
+  connection there, at most the channel's subscribers.
+- `outbox.lagging`: at most one entry per open connection; `drops`: one counter per reason.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server import codec
 from server.bus import Bus, Position, Publication, Recovery
 from server.bus.presence import Member
 from server.errors import Forbidden
-from server.ws import frames
-from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
+from server.hub.conflation import Conflation, Conflator, newest_per_entity
+from server.hub.connection import SLOW_CONSUMER, Connection, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +130,22 @@ class Hub:
         self,
         bus: Bus,
         presence_on: Callable[[str], bool] = lambda _: False,
+        clock: Callable[[], float] = time.monotonic,
         limits: HubLimits = HubLimits(),
     ) -> None:
         self.bus = bus
         self.presence_on = presence_on
+        self.clock = clock
         self.limits = limits
+        # channel -> connections that get its publications as published (not conflated).
         self.channels: dict[str, set[Connection]] = {}
         self.anonymous_channels: set[str] = set()
+        self.conflator = Conflator(self._deliver_conflated, clock)
         # Connection.client_key (client_id within its principal's scope) -> its socket.
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
+        # transport (Framing.name: websocket, sse) -> open connections
+        self.transports: Counter[str] = Counter()
         self.stats = HubStats()
         self.outbox = Outbox(limits.max_lag)
         self.drops = DropLog()
@@ -163,6 +172,7 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.clients[conn.client_key] = conn
         self.per_ip[conn.ip] += 1
+        self.transports[conn.framing.name] += 1
         self.stats.connections_total += 1
 
     async def remove(self, conn: Connection, counted: Iterable[str] = ()) -> None:
@@ -184,6 +194,7 @@ class Hub:
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
+        self.transports[conn.framing.name] -= 1
         for channel, member in gone:
             await self.bus.announce(channel, member, joined=False)
 
@@ -195,13 +206,22 @@ class Hub:
         self.drops.record(conn, reason)
 
     def _discard(self, channel: str, conn: Connection) -> None:
-        subs = self.channels.get(channel)
-        if subs is not None:
+        conflated = conn.conflated
+        if conflated is not None and channel in conflated:
+            self.conflator.leave(conn, channel, conflated.pop(channel))
+            if not conflated:
+                conn.conflated = None
+        else:
+            subs = self.channels.get(channel)
+            if subs is None:
+                return
             subs.discard(conn)
-            if not subs:
-                del self.channels[channel]
-                self.anonymous_channels.discard(channel)
-                self.bus.unlisten(channel)
+            if subs:
+                return
+            del self.channels[channel]
+        if channel not in self.channels and channel not in self.conflator.groups:
+            self.anonymous_channels.discard(channel)
+            self.bus.unlisten(channel)
 
     def check_limits(
         self, conn: Connection | None, anonymous: bool, channels: Sequence[str]
@@ -217,20 +237,13 @@ class Hub:
                 {"max_subscriptions": limits.max_subscriptions},
             )
         if anonymous and limits.max_anonymous_channels:
-            new = sum(1 for channel in channels if channel not in self.channels)
+            names = self.channel_names()
+            new = sum(1 for channel in channels if channel not in names)
             if new and len(self.anonymous_channels) + new > limits.max_anonymous_channels:
                 raise Forbidden(
                     "anonymous clients may not open more channels now; use a token",
                     {"max_anonymous_channels": limits.max_anonymous_channels},
                 )
-
-    def _add(self, channel: str, conn: Connection) -> None:
-        subs = self.channels.get(channel)
-        if subs is None:
-            subs = self.channels[channel] = set()
-            if conn.principal.anonymous:
-                self.anonymous_channels.add(channel)
-        subs.add(conn)
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -242,6 +255,7 @@ class Hub:
         reply: dict[str, Any] | None = None,
         snapshot: Callable[[], Awaitable[Snapshot]] | None = None,
         counted: bool = False,
+        max_rate: float | None = None,
     ) -> None:
         """Subscribe and answer `subscribed`; then, with `since`, the missed publications and,
         with `snapshot`, the current state; then live ones.
@@ -251,10 +265,20 @@ class Hub:
         `counted`: the caller already counted (and announced) the socket's presence there;
         if this fails (or is cancelled) half-way, that count is undone here.
         Forbidden past ws.max_subscriptions or ws.max_anonymous_channels.
+        `max_rate`: conflated; what `since` recovers is then the newest per entity (and
+        every event that is not per entity), and live ones follow at most max_rate/s.
         """
         if not counted:
             self.check_limits(conn, conn.principal.anonymous, (channel,))
-        self._add(channel, conn)
+        if conn.principal.anonymous and channel not in self.channel_names():
+            self.anonymous_channels.add(channel)
+        if max_rate is None:
+            self.channels.setdefault(channel, set()).add(conn)
+        else:
+            if conn.conflated is None:
+                conn.conflated = {}
+            conn.conflated[channel] = max_rate
+            self.conflator.join(conn, channel, max_rate)
         held: list[Publication] = []
         if conn.recovering is None:
             conn.recovering = {}
@@ -287,19 +311,30 @@ class Hub:
         # was recovered, else at the current position.
         start = since.offset if since is not None and recovered else position.offset
         last = start
-        for pub in recovery.publications:
-            if not self._delivered_elsewhere(conn, pub, channel):
-                conn.send(pub.payload(channel))
-            last = pub.offsets[channel]
+        missed = recovery.publications
+        if missed:
+            last = missed[-1].offsets[channel]
+        later = [
+            pub
+            for pub in held
+            # One from before a reset (an outage) is skipped: the position read is newer.
+            if pub.epochs.get(channel) == position.epoch
+            and pub.offsets[channel] > last
+            and not (state is not None and state.covers(pub))
+        ]
+        if max_rate is not None:
+            missed, later = newest_per_entity(missed), newest_per_entity(later)
+        for pub in missed:
+            if self._delivered_elsewhere(conn, pub, channel):
+                conn.passed(pub, channel)
+            else:
+                conn.deliver(pub, channel)
         if state is not None:
             for frame in state.frames:
                 conn.send(frame)
         conn.subscriptions[channel] = start + 1
-        for pub in held:
-            if pub.epochs.get(channel) != position.epoch:
-                continue  # from before a reset (an outage): the position read is newer
-            if pub.offsets[channel] > last and not (state is not None and state.covers(pub)):
-                conn.send(pub.payload(channel))
+        for pub in later:
+            conn.deliver(pub, channel)
         if state is not None and state.lingers:
             conn.skip_covered({channel: state.covers}, LINGER_SECONDS)
         if joined is not None:
@@ -327,7 +362,7 @@ class Hub:
             fields["recovered"] = recovered
         if presence:
             fields["presence"] = [m.public() for m in presence]
-        return frames.encode("subscribed", **fields)
+        return codec.dumps({"type": "subscribed", "timestamp": codec.isotime(), **fields})
 
     def on_reset(self, channel: str, position: Position) -> None:
         """The channel's stream restarted at `position` with publications lost in between
@@ -335,7 +370,7 @@ class Hub:
         gets `subscribed` again with `recovered: false`, so it reloads instead of living
         with a silent gap. A socket still subscribing reads its own position."""
         frame = self._subscribed(channel, position, False, None)
-        for conn in self.channels.get(channel, ()):
+        for conn in self.subscribers(channel):
             if conn.recovering is not None and channel in conn.recovering:
                 continue
             conn.subscriptions[channel] = position.offset + 1
@@ -388,7 +423,7 @@ class Hub:
             queue.append((publications, self._view(publications)))
             return
         if len(publications) <= BATCH_CHUNK:
-            self._fan_out_batch(publications, self.channels)
+            self._deliver_now(publications, self.channels)
             return
         self._queue = deque([(publications, self._view(publications))])
         # Its own task: a publisher that goes away (a cancelled request) does not stop it.
@@ -413,16 +448,23 @@ class Hub:
                     if start:
                         # Let pings, reads and other sockets' writes run.
                         await asyncio.sleep(0)
-                    self._fan_out_batch(publications[start : start + BATCH_CHUNK], view)
+                    self._deliver_now(publications[start : start + BATCH_CHUNK], view)
                 queue.popleft()
         finally:
             self._queue = None
             self._pump = None
 
-    def _fan_out_batch(self, publications: list[Publication], channels: Subscribers) -> None:
+    def _deliver_now(self, publications: list[Publication], channels: Subscribers) -> None:
         if len(publications) == 1:
             self._fan_out(publications[0], channels)
-            return
+        else:
+            self._fan_out_batch(publications, channels)
+        if self.conflator.groups:
+            offer = self.conflator.offer
+            for pub in publications:
+                offer(pub)
+
+    def _fan_out_batch(self, publications: list[Publication], channels: Subscribers) -> None:
         # A batch (a request's readings, say): consecutive publications whose only channel
         # with subscribers is the same one are framed into one buffer, written to each of
         # its sockets once instead of once per publication per socket. Order per socket is
@@ -463,17 +505,23 @@ class Hub:
             self._fan_out(pubs[0], channels)
             return
         self.stats.publications += len(pubs)
-        wires = [frames.text_frame(pub.payload(channel)) for pub in pubs]
-        batch = b"".join(wires)
+        # framing -> the run's bytes in it, joined once per transport.
+        batches: dict[Any, bytes] = {}
         sent = 0
         for conn in channels[channel]:
             try:
-                if conn.recovering is None and conn.dialect is None and not conn.compressed:
+                if conn.recovering is None and conn.direct and not conn.compressed:
+                    framing = conn.framing
+                    batch = batches.get(framing)
+                    if batch is None:
+                        batch = batches[framing] = b"".join(
+                            [pub.framed(framing, channel) for pub in pubs]
+                        )
                     if conn.write(batch, b""):
                         sent += len(pubs)
                 else:
-                    for pub, wire in zip(pubs, wires, strict=True):
-                        sent += self._deliver(conn, pub, channel, wire)
+                    for pub in pubs:
+                        sent += self._deliver(conn, pub, channel)
             except Exception:
                 log.exception("write to %s failed", conn.client_id)
                 conn.drop("write failed")
@@ -492,7 +540,10 @@ class Hub:
         sent = 0
         for channel, subs in reached:
             payload = pub.payload(channel)
-            wire = frames.text_frame(payload)
+            # The wire bytes of the last transport seen: subscribers of one transport in a
+            # row share them without a lookup.
+            framing: Any = None
+            wire = b""
             # Nothing below changes `subs`: a dropped socket leaves it in its own cleanup.
             for conn in subs:
                 if seen is not None:
@@ -502,11 +553,14 @@ class Hub:
                 if exclude is not None and conn.member_id == exclude:
                     continue
                 try:
-                    if conn.recovering is None and conn.dialect is None:
+                    if conn.recovering is None and conn.direct:
+                        if conn.framing is not framing:
+                            framing = conn.framing
+                            wire = pub.framed(framing, channel)
                         if conn.write(wire, payload):
                             sent += 1
                     else:
-                        sent += self._deliver(conn, pub, channel, wire)
+                        sent += self._deliver(conn, pub, channel)
                 except Exception:
                     # One broken socket must not stop the others, nor fail the publisher.
                     log.exception("write to %s failed", conn.client_id)
@@ -514,10 +568,10 @@ class Hub:
         self.stats.messages_out += sent
 
     @staticmethod
-    def _deliver(conn: Connection, pub: Publication, channel: str, wire: bytes) -> int:
-        """One publication to a socket that is recovering a channel (or skipping what its
-        join state covered) or speaks a seed's dialect (or, in a run, compresses): 1 if
-        written."""
+    def _deliver(conn: Connection, pub: Publication, channel: str) -> int:
+        """One publication to a connection that is recovering a channel (or skipping what
+        its join state covered), speaks a seed's dialect or frames per connection (or, in a
+        run, compresses): 1 if written."""
         recovering = conn.recovering
         if recovering is not None:
             if channel in recovering:
@@ -527,8 +581,44 @@ class Hub:
                 return 0
             if conn.covered(pub, channel):
                 return 0
-        if conn.dialect is not None:
-            # Translated once per dialect and channel, not per socket.
-            data = pub.translated(conn.dialect, channel)
-            return int(data is not None and conn.write(frames.text_frame(data), data))
-        return int(conn.write(wire, pub.payload(channel)))
+        return int(conn.deliver(pub, channel))
+
+    def _deliver_conflated(self, group: Conflation, pub: Publication) -> None:
+        """A publication the Conflator lets through, to every member of `group`."""
+        channel = group.channel
+        others = len(pub.channels) > 1
+        exclude = pub.exclude
+        sent = 0
+        for conn in list(group.members):
+            if others and self._reached_otherwise(conn, pub, channel):
+                continue
+            if exclude is not None and conn.member_id == exclude:
+                continue
+            try:
+                sent += self._deliver(conn, pub, channel)
+            except Exception:
+                log.exception("write to %s failed", conn.client_id)
+                conn.drop("write failed")
+        self.stats.messages_out += sent
+
+    @staticmethod
+    def _reached_otherwise(conn: Connection, pub: Publication, channel: str) -> bool:
+        """Whether the connection gets `pub` through another of its channels: one it is
+        subscribed to without conflation, or a conflated one named before `channel`."""
+        conflated = conn.conflated or {}
+        before = True
+        for other in pub.channels:
+            if other == channel:
+                before = False
+            elif other in conn.subscriptions and (other not in conflated or before):
+                return True
+        return False
+
+    # -- introspection -------------------------------------------------------------------
+
+    def channel_names(self) -> set[str]:
+        """Channels with subscribers, conflated or not."""
+        return set(self.channels) | set(self.conflator.groups)
+
+    def subscribers(self, channel: str) -> set[Connection]:
+        return self.channels.get(channel, set()) | self.conflator.members(channel)
