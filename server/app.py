@@ -20,7 +20,20 @@ from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
-from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
+from server.jobs import systemd_heartbeat
+from server.keys import (
+    AUTH,
+    BUS,
+    CONFIG,
+    DISPATCHER,
+    HUB,
+    JOBS,
+    NOTIFIER,
+    OPERATIONS,
+    POLICY,
+    SERVICES,
+)
+from server.notify import Notifier
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
@@ -38,8 +51,10 @@ HISTORY_TRIM_SECONDS = 30.0
 RETENTION_SECONDS = 3600.0
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, notifier: Notifier | None = None) -> web.Application:
+    """`notifier`: sd_notify (serve passes one from the environment; tests a test socket)."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[NOTIFIER] = notifier or Notifier()
     app.on_response_prepare.append(shape_router_errors)
     app[CONFIG] = config
     app[AUTH] = Authenticator(config.auth, config.var_dir, config.base_dir)
@@ -61,6 +76,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    app.on_shutdown.append(_stopping)
     app.on_shutdown.append(close_all)
     if config.auth.anonymous_writes:
         log.warning("auth.anonymous_writes is on: anyone who can reach this server may write")
@@ -103,8 +119,20 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )
+    notifier = app[NOTIFIER]
+    if notifier.enabled:
+        hub = app[HUB]
+        await scheduler.spawn(
+            systemd_heartbeat(notifier, lambda: len(hub.clients)), name="systemd-heartbeat"
+        )
     yield
     await scheduler.close()
+    notifier.close()
+
+
+async def _stopping(app: web.Application) -> None:
+    """First of on_shutdown: systemd shows the unit as deactivating from here on."""
+    app[NOTIFIER].stopping()
 
 
 async def _trim_history(bus: Bus) -> None:

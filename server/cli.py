@@ -96,23 +96,36 @@ class _Fatal(Exception):
 
 
 def serve(config: Config, args: argparse.Namespace) -> int:
+    import logging
+
     import uvloop
     from aiohttp import web
 
     from server.app import create_app
+    from server.jobs import connections_status
     from server.logs import RedactingAccessLogger, setup_logging
+    from server.notify import Notifier
     from server.storage import StorageError
 
     setup_logging(config.logging)
+    notifier = Notifier.from_environ()
+    where = f"http://{config.server.host}:{config.server.port}"
+
+    def listening(_banner: str) -> None:
+        # run_app calls this once every site accepts: the moment systemd may route traffic.
+        # Instead of aiohttp's plain banner, one log line in the configured format.
+        logging.getLogger("server").info("listening on %s", where)
+        notifier.ready(f"listening on {where}, {connections_status(0)}")
+
     try:
         web.run_app(
-            create_app(config),
+            create_app(config, notifier),
             host=config.server.host,
             port=config.server.port,
             shutdown_timeout=config.server.shutdown_timeout,
             loop=uvloop.new_event_loop(),
             access_log_class=RedactingAccessLogger,
-            print=lambda msg: print(msg, file=sys.stderr, flush=True),
+            print=listening,
         )
     except StorageError as exc:
         raise _Fatal(str(exc)) from None

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from server.channels import ChannelPolicy
     from server.config import Config
     from server.hub import Hub
+    from server.notify import Notifier
     from server.services import Services
     from server.ws.commands import Dispatcher
 
@@ -27,3 +28,4 @@ OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operation
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 OPENAPI = web.AppKey("openapi", bytes)
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")

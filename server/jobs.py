@@ -1,0 +1,29 @@
+"""Background jobs run by the app's aiojobs scheduler (see app.jobs_ctx)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from server.notify import Notifier
+
+# How often STATUS= is refreshed when no watchdog sets a faster pace.
+STATUS_SECONDS = 10.0
+
+
+def connections_status(count: int) -> str:
+    return f"{count} connection{'' if count == 1 else 's'}"
+
+
+async def systemd_heartbeat(notifier: Notifier, connections: Callable[[], int]) -> None:
+    """WATCHDOG=1 every half $WATCHDOG_USEC and STATUS= with the connection count.
+
+    It runs on the event loop on purpose: a loop blocked longer than WatchdogSec sends
+    nothing, and systemd restarts the service.
+    """
+    interval = notifier.watchdog_interval
+    while True:
+        if interval is not None:
+            notifier.watchdog()
+        notifier.status(connections_status(connections()))
+        await asyncio.sleep(interval or STATUS_SECONDS)
