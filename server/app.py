@@ -11,7 +11,8 @@ import aiojobs
 from aiohttp import web
 
 from server import codec
-from server.api.middleware import shape_router_errors
+from server.api.asyncapi import build_asyncapi
+from server.api.middleware import REST_LIMITER, shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
 from server.bus import Bus
@@ -20,19 +21,22 @@ from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
-from server.jobs import systemd_heartbeat
+from server.jobs import systemd_heartbeat, watch_dependencies
 from server.keys import (
+    ASYNCAPI,
     AUTH,
     BUS,
     CONFIG,
     DISPATCHER,
     HUB,
     JOBS,
+    METRICS,
     NOTIFIER,
     OPERATIONS,
     POLICY,
     SERVICES,
 )
+from server.metrics import Metrics, namespace_labeller
 from server.notify import Notifier
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
@@ -62,8 +66,11 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
     bus = app[BUS] = Bus(
         LocalBackend(config.history.size, config.history.ttl, policy.history_enabled)
     )
-    hub = app[HUB] = Hub(bus, policy.presence_enabled)
+    hub = app[HUB] = Hub(bus, policy.presence_enabled, namespace_labeller(_namespaces(config)))
     setup_routes(app)
+    limiter = app.get(REST_LIMITER)
+    metrics = app[METRICS] = Metrics(hub, lambda: limiter.refused if limiter else 0)
+    hub.observe_latency = metrics.publish_latency.observe
     app[DISPATCHER] = commands.Dispatcher(
         hub,
         policy,
@@ -73,6 +80,9 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
         commands=(*commands.COMMANDS, *chat.COMMANDS, *seed001.COMMANDS),
         adopt=seed001.adopt,
     )
+    # Seed 001's envelope is a dialect (SPEC §10), not part of the native protocol.
+    native = (c for c in app[DISPATCHER].commands.values() if c.type != seed001.REQUEST_TYPE)
+    app[ASYNCAPI] = codec.dumps(build_asyncapi(native))
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(jobs_ctx)
@@ -88,6 +98,13 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
                 STRONG_TOKEN_LENGTH,
             )
     return app
+
+
+def _namespaces(config: Config) -> set[str]:
+    """Namespaces named in the config: the `namespace` label values besides the server's."""
+    routes = [r.channel for r in config.notifications.routes]
+    channels = [*routes, config.notifications.default_channel]
+    return set(config.channels.namespaces) | {c.partition(":")[0] for c in channels}
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -118,6 +135,9 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     await scheduler.spawn(_trim_history(app[BUS]), name="history-trim")
     await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
+    )
+    await scheduler.spawn(
+        watch_dependencies(app[SERVICES].storage, app[METRICS].dependency_up), name="deps"
     )
     notifier = app[NOTIFIER]
     if notifier.enabled:

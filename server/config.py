@@ -190,6 +190,12 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # GET /metrics needs `Authorization: Bearer <token>` when set; empty = open.
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -203,6 +209,7 @@ class Config:
     compat: CompatConfig = field(default_factory=CompatConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Directory of the config file: relative paths (SQLite file, var/) resolve against it.
     base_dir: Path = field(default_factory=Path.cwd)
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from server.bus import Bus, Position, Publication, Recovery
@@ -51,12 +51,26 @@ class HubStats:
     publications: int = 0
     dropped_slow_consumers: int = 0
     closed_by_policy: int = 0
+    # Client frames refused by ws.rate_limit.
+    rate_limited: int = 0
+    # Namespace label -> publications / frames written (server.metrics reads them).
+    published: dict[str, int] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)
 
 
 class Hub:
-    def __init__(self, bus: Bus, presence_on: Callable[[str], bool] = lambda _: False) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        presence_on: Callable[[str], bool] = lambda _: False,
+        label: Callable[[str], str] = lambda _: "other",
+    ) -> None:
         self.bus = bus
         self.presence_on = presence_on
+        # channel -> its bounded namespace label for the counters (server.metrics).
+        self.label = label
+        # Called once per batch with seconds since its oldest publication was accepted.
+        self.observe_latency: Callable[[float], None] | None = None
         self.channels: dict[str, set[Connection]] = {}
         # channel -> member id -> Member, for channels whose namespace has presence on.
         self.presence: dict[str, dict[str, Member]] = {}
@@ -255,6 +269,28 @@ class Hub:
     # -- fan-out -----------------------------------------------------------------------
 
     async def on_publication(self, publications: list[Publication]) -> None:
+        self._count(publications)
+        try:
+            self._route(publications)
+        finally:
+            if self.observe_latency is not None:
+                self.observe_latency(time.perf_counter() - publications[0].accepted)
+
+    def _count(self, publications: list[Publication]) -> None:
+        """Per publication, never per delivery: the namespace counters."""
+        published, label = self.stats.published, self.label
+        for pub in publications:
+            for channel in pub.channels:
+                ns = label(channel)
+                published[ns] = published.get(ns, 0) + 1
+
+    def _delivered(self, channel: str, sent: int) -> None:
+        """Per channel of a fan-out (or a batch): frames written there."""
+        if sent:
+            delivered, ns = self.stats.delivered, self.label(channel)
+            delivered[ns] = delivered.get(ns, 0) + sent
+
+    def _route(self, publications: list[Publication]) -> None:
         if len(publications) == 1:
             self._fan_out(publications[0])
             return
@@ -313,6 +349,7 @@ class Hub:
                 log.exception("write to %s failed", conn.client_id)
                 conn.drop("write failed")
         self.stats.messages_out += sent
+        self._delivered(channel, sent)
 
     def _fan_out(self, pub: Publication) -> None:
         self.stats.publications += 1
@@ -324,6 +361,7 @@ class Hub:
         exclude = pub.exclude
         sent = 0
         for channel, subs in reached:
+            before = sent
             payload = pub.payload(channel)
             wire = frames.text_frame(payload)
             # Nothing below changes `subs`: a dropped socket leaves it in its own cleanup.
@@ -344,6 +382,7 @@ class Hub:
                     # One broken socket must not stop the others, nor fail the publisher.
                     log.exception("write to %s failed", conn.client_id)
                     conn.drop("write failed")
+            self._delivered(channel, sent - before)
         self.stats.messages_out += sent
 
     @staticmethod

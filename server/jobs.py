@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from prometheus_client import Gauge
+
 from server.notify import Notifier
+from server.storage import Storage, StorageError
 
 # How often STATUS= is refreshed when no watchdog sets a faster pace.
 STATUS_SECONDS = 10.0
+# How often sensorcast_dependency_up is refreshed.
+DEPENDENCY_SECONDS = 15.0
 
 
 def connections_status(count: int) -> str:
@@ -27,3 +32,14 @@ async def systemd_heartbeat(notifier: Notifier, connections: Callable[[], int]) 
             notifier.watchdog()
         notifier.status(connections_status(connections()))
         await asyncio.sleep(interval or STATUS_SECONDS)
+
+
+async def watch_dependencies(storage: Storage, up: Gauge) -> None:
+    """sensorcast_dependency_up{dependency="database"}: 1 while the database answers."""
+    while True:
+        try:
+            await storage.ping()
+            up.labels("database").set(1)
+        except StorageError:
+            up.labels("database").set(0)
+        await asyncio.sleep(DEPENDENCY_SECONDS)

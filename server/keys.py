@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from server.channels import ChannelPolicy
     from server.config import Config
     from server.hub import Hub
+    from server.metrics import Metrics
     from server.notify import Notifier
     from server.services import Services
     from server.ws.commands import Dispatcher
@@ -27,5 +28,7 @@ SERVICES: web.AppKey[Services] = web.AppKey("services")
 OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operations")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 OPENAPI = web.AppKey("openapi", bytes)
+ASYNCAPI = web.AppKey("asyncapi", bytes)
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -7,6 +7,7 @@ through Redis, so neither services nor the hub change with the backend.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,6 +44,8 @@ class Publication:
     _payloads: dict[str, bytes] | None = field(default=None, repr=False)
     # (dialect, channel) -> that seed protocol's bytes (server.compat), or None: not sent.
     _translated: dict[tuple[Dialect, str], bytes | None] | None = field(default=None, repr=False)
+    # perf_counter() when it was made: sensorcast_publish_latency_seconds starts here.
+    accepted: float = field(default_factory=time.perf_counter, repr=False)
 
     def payload(self, channel: str) -> bytes:
         """The frame's JSON bytes with `channel`/`offset` naming `channel`; cached.

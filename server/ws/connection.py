@@ -99,6 +99,7 @@ class Connection:
         "_sender",
         "_transport",
         "client_id",
+        "close_code",
         "closer",
         "closing",
         "connected_at",
@@ -135,6 +136,8 @@ class Connection:
         # A seed's protocol (server.compat), or None for the native one.
         self.dialect: Dialect | None = None
         self.closing = False
+        # The code this server closed with (None: the peer closed first).
+        self.close_code: int | None = None
         self.closer: asyncio.Task[bool] | None = None
         # channel -> first offset this connection receives there (live or recovered): a
         # publication also on another channel at or past that offset was already delivered.
@@ -269,6 +272,7 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        self.close_code = code
         # Frames already accepted go out before the close frame.
         data = self._take_pending()
         if data is not None and not self._transport.is_closing():
