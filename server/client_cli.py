@@ -40,11 +40,44 @@ async def tail_channels(url: str, token: str, channels: list[str]) -> int:
             aiohttp.ClientSession() as session,
             session.ws_connect(ws_url, params=params, heartbeat=30) as ws,
         ):
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT:
                     print(msg.data, flush=True)
-            print(f"sensorcast: closed ({ws.close_code})", file=sys.stderr)
-            return 0 if ws.close_code in (1000, 1001) else 1
+                elif msg.type is aiohttp.WSMsgType.CLOSE:
+                    # The server's reason says what to fix: `not allowed: user:bob (4003)`.
+                    code, reason = msg.data, msg.extra or ""
+                    break
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    code, reason = ws.close_code, ""
+                    break
+            print(f"sensorcast: closed: {reason or 'no reason given'} ({code})", file=sys.stderr)
+            return 0 if code in (1000, 1001) else 1
     except aiohttp.ClientError as exc:
         print(f"sensorcast: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
+
+
+async def fetch_stats(url: str, token: str) -> int:
+    """GET /api/v1/stats, printed as YAML (readable, still machine-parsable)."""
+    import yaml
+
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{url}/api/v1/stats", headers={"Authorization": f"Bearer {token}"}
+            ) as resp,
+        ):
+            body = await resp.read()
+    except aiohttp.ClientError as exc:
+        print(f"sensorcast: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if resp.status >= 400:
+        print(
+            f"sensorcast: {url}/api/v1/stats answered {resp.status}: {body.decode()}",
+            file=sys.stderr,
+        )
+        return 1
+    print(yaml.safe_dump(codec.loads(body), sort_keys=False), end="")
+    return 0

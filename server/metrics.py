@@ -126,7 +126,8 @@ class _HubCollector(Collector):
             value=stats.dropped_slow_consumers,
         )
         limited = CounterMetricFamily(
-            "sensorcast_rate_limited", "Requests and frames refused by rate limits",
+            "sensorcast_rate_limited",
+            "Requests and frames refused by rate limits",
             labels=["transport"],
         )
         for transport, count in self.metrics.rate_limited.items():

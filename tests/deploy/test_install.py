@@ -54,7 +54,9 @@ def test_install_lays_out_the_tree_and_a_second_run_changes_nothing(tmp_path: Pa
     assert (dest / "etc/sensorcast/env").is_file()
     assert (dest / "var/lib/sensorcast").is_dir()
     unit = (dest / "etc/systemd/system/sensorcast.service").read_text()
-    assert f"ExecStart={PREFIX}/venv/bin/sensorcast --config /etc/sensorcast/config.yaml serve" in unit
+    assert (
+        f"ExecStart={PREFIX}/venv/bin/sensorcast --config /etc/sensorcast/config.yaml serve" in unit
+    )
     for line in (
         "Type=notify",
         "User=sensorcast",
