@@ -137,7 +137,8 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )
     await scheduler.spawn(
-        watch_dependencies(app[SERVICES].storage, app[METRICS].dependency_up), name="dependency-check"
+        watch_dependencies(app[SERVICES].storage, app[METRICS].dependency_up),
+        name="dependency-check",
     )
     notifier = app[NOTIFIER]
     if notifier.enabled:

@@ -384,7 +384,7 @@ async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
 
             _, tail_err = await asyncio.wait_for(tail.communicate(), LINE_TIMEOUT)
             assert tail.returncode == 0
-            assert b"closed (1001)" in tail_err
+            assert b"closed: server shutting down (1001)" in tail_err
             assert "Traceback" not in server.log()
     finally:
         for child in children:

@@ -116,27 +116,34 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
                 break
     finally:
         try:
-            await hub.remove(conn)
+            try:
+                await hub.remove(conn)
+            finally:
+                if conn.closer is not None:
+                    await asyncio.shield(conn.closer)
         finally:
-            if conn.closer is not None:
-                await asyncio.shield(conn.closer)
-        code, by = _close_code(conn, ws, msg)
-        duration = time.monotonic() - conn.connected_at
-        log.info(
-            "disconnect %s code=%s by=%s after %.1fs",
-            conn.client_id,
-            code,
-            by,
-            duration,
-            extra={
-                "event": "disconnect",
-                "client_id": conn.client_id,
-                "code": code,
-                "closed_by": by,
-                "duration_s": round(duration, 3),
-            },
-        )
+            # Even when aiohttp cancels the handler as the peer's TCP connection goes.
+            _log_disconnect(conn, msg)
     return response
+
+
+def _log_disconnect(conn: Connection, last: WSMessage | None) -> None:
+    code, by = _close_code(conn, conn.ws, last)
+    duration = time.monotonic() - conn.connected_at
+    log.info(
+        "disconnect %s code=%s by=%s after %.1fs",
+        conn.client_id,
+        code,
+        by,
+        duration,
+        extra={
+            "event": "disconnect",
+            "client_id": conn.client_id,
+            "code": code,
+            "closed_by": by,
+            "duration_s": round(duration, 3),
+        },
+    )
 
 
 def _close_code(
