@@ -312,9 +312,9 @@ def _listening(config: Config) -> str | None:
         url = (config.var_dir / LISTENING_FILE).read_text().strip()
     except OSError:
         return None
-    if host := url.partition("://")[2].rpartition(":")[0]:
-        if host in ("0.0.0.0", "::", "[::]"):
-            url = url.replace(host, "127.0.0.1", 1)
+    host = url.partition("://")[2].rpartition(":")[0]
+    if host in ("0.0.0.0", "::", "[::]"):
+        url = url.replace(host, "127.0.0.1", 1)
     return url or None
 
 

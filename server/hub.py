@@ -237,7 +237,13 @@ class Hub:
         """Count the socket on a presence channel; the Member when it is its user's first."""
         if not self.presence_on(channel):
             return None
-        members = self.presence.setdefault(channel, {})
+        members = self.presence.get(channel)
+        if members is None:
+            # A presence channel (a chat room) comes to life with its first socket.
+            members = self.presence[channel] = {}
+            log.info(
+                "room created %s", channel, extra={"event": "room_created", "channel": channel}
+            )
         member = members.get(conn.member_id)
         if member is None:
             member = members[conn.member_id] = Member(conn.member_id, conn.member_name)
@@ -256,6 +262,9 @@ class Hub:
         del members[conn.member_id]
         if not members:
             del self.presence[channel]
+            log.info(
+                "room removed %s", channel, extra={"event": "room_removed", "channel": channel}
+            )
         return member
 
     async def _announce(self, channel: str, kind: str, member: Member) -> None:

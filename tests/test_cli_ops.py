@@ -109,7 +109,8 @@ def test_config_found_through_the_environment_and_loudly_missing(tmp_path: Path)
     bare = run(["token", "--role", "admin"], cwd)
     assert bare.returncode == 0
     assert "warning: no config file" in bare.stderr
-    assert "$SENSORCAST_CONFIG" in bare.stderr and "/etc/sensorcast/config.yaml" in bare.stderr
+    assert "$SENSORCAST_CONFIG" in bare.stderr
+    assert "/etc/sensorcast/config.yaml" in bare.stderr
     assert bare.stdout.count(".") == 2  # still only the token on stdout
 
 
@@ -128,7 +129,8 @@ def test_user_add_errors_read_as_sentences_not_dicts(tmp_path: Path) -> None:
     config = str(write_config(tmp_path, {}))
     short = run(["--config", config, "user", "add", "bob", "--password", "short"], tmp_path)
     line = assert_one_line_error(short, 1, "sensorcast: ")
-    assert "{" not in line and "[" not in line, line
+    assert "{" not in line, line
+    assert "[" not in line, line
     assert "password: " in line
 
 
@@ -163,7 +165,7 @@ async def test_tail_publish_and_stats_follow_a_port_change_and_tail_says_why_it_
     port = free_port()
     server.url = f"http://127.0.0.1:{port}"
     with server.stdout.open("wb") as out, server.stderr.open("wb") as err:
-        server.proc = subprocess.Popen(
+        server.proc = subprocess.Popen(  # noqa: ASYNC220 (starts it, does not wait)
             [sys.executable, "-m", "server", "--config", str(server.config), "serve"],
             cwd=server.dir,
             env=clean_env(SENSORCAST_SERVER_PORT=str(port)),

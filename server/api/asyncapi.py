@@ -119,6 +119,9 @@ def client_frame_schemas(commands: Iterable[Command]) -> dict[str, dict[str, Any
     return out
 
 
+ARROWS = {"client": "client -> server", "server": "server -> client"}
+
+
 def build_asyncapi(commands: Iterable[Command]) -> dict[str, Any]:
     schemas = client_frame_schemas(commands)
     client = [name.partition(".")[2] for name in schemas if name.startswith("client.")]
@@ -130,7 +133,7 @@ def build_asyncapi(commands: Iterable[Command]) -> dict[str, Any]:
                 schemas[name] = SERVER_FRAMES[kind]
             messages[name] = {
                 "name": kind,
-                "title": f"{kind} ({'client -> server' if direction == 'client' else 'server -> client'})",
+                "title": f"{kind} ({ARROWS[direction]})",
                 "payload": {"$ref": f"#/components/schemas/{name}"},
             }
     ref = "#/channels/ws/messages/"

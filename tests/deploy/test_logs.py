@@ -35,7 +35,8 @@ async def test_json_lines_carry_events_request_ids_and_no_tokens(tmp_path: Path)
                 assert resp.status == 401
             async with session.ws_connect(f"{server.url}/api/v1/ws?token={bad_token}") as ws:
                 msg = await ws.receive(timeout=30)
-                assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4001
+                assert msg.type is aiohttp.WSMsgType.CLOSE
+                assert msg.data == 4001
             ws = await session.ws_connect(f"{server.url}/api/v1/ws")
             assert (await ws.receive_json(timeout=30))["type"] == "connection"
             server.proc.send_signal(signal.SIGTERM)
@@ -50,7 +51,8 @@ async def test_json_lines_carry_events_request_ids_and_no_tokens(tmp_path: Path)
     lines = [json.loads(line) for line in text.splitlines()]  # every line is JSON
     for line in lines:
         assert {"ts", "level", "logger", "message"} <= set(line), line
-        assert line["ts"].endswith("Z") and len(line["ts"]) == len("2026-01-01T00:00:00.000Z")
+        assert line["ts"].endswith("Z")
+        assert len(line["ts"]) == len("2026-01-01T00:00:00.000Z")
     events: dict[str, list[dict]] = {}
     for line in lines:
         events.setdefault(line.get("event", ""), []).append(line)
@@ -62,9 +64,11 @@ async def test_json_lines_carry_events_request_ids_and_no_tokens(tmp_path: Path)
     ]
     assert any(r["request_id"] == made and r["status"] == 404 for r in events["request"])
     failures = events["auth_failure"]
-    assert len(failures) == 2 and {f["remote"] for f in failures} == {"127.0.0.1"}
+    assert len(failures) == 2
+    assert {f["remote"] for f in failures} == {"127.0.0.1"}
     (connect,) = events["connect"]
-    assert connect["channels"] == ["general"] and connect["remote"] == "127.0.0.1"
+    assert connect["channels"] == ["general"]
+    assert connect["remote"] == "127.0.0.1"
     disconnects = {d["client_id"]: d for d in events["disconnect"]}
     ours = disconnects[connect["client_id"]]
     # The code the client got at shutdown, not the client's reply.

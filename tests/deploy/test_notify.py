@@ -14,7 +14,8 @@ from tests.deploy.process import next_message, notify_socket, running
 
 def test_notifier_without_socket_is_silent() -> None:
     n = Notifier.from_environ({})
-    assert not n.enabled and n.watchdog_interval is None
+    assert not n.enabled
+    assert n.watchdog_interval is None
     assert n.send("READY=1") is False
 
 
@@ -61,5 +62,6 @@ async def test_ready_after_accepting_then_watchdog_status_and_stopping(tmp_path:
             assert msg["STOPPING"] == "1"
             while (frame := await ws.receive(timeout=30)).type is aiohttp.WSMsgType.TEXT:
                 pass
-            assert frame.type is aiohttp.WSMsgType.CLOSE and frame.data == 1001, frame
+            assert frame.type is aiohttp.WSMsgType.CLOSE, frame
+            assert frame.data == 1001
         assert server.proc.wait(timeout=60) == 0

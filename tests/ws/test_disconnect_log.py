@@ -43,7 +43,19 @@ async def test_policy_close_logs_4008(make_client, caplog):
     conn = next(iter(client.app[HUB].clients.values()))
     conn.drop("test drop")
     msg = await ws.ws.receive(timeout=5)
-    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4008
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert msg.data == 4008
     await eventually(lambda: bool(_disconnects(caplog)))
     (record,) = _disconnects(caplog)
     assert (record.code, record.closed_by) == (4008, "server")
+
+
+async def test_room_created_and_removed_are_logged(client, caplog):
+    caplog.set_level(logging.INFO, "server.hub")
+    ws = await open_ws(client, "/ws/lobby")
+    other = await open_ws(client, "/ws/lobby")
+    await other.ws.close()
+    await ws.ws.close()
+    await eventually(lambda: not client.app[HUB].clients)
+    events = [(r.event, r.channel) for r in caplog.records if hasattr(r, "channel")]
+    assert events == [("room_created", "chat:lobby"), ("room_removed", "chat:lobby")]
