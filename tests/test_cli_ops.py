@@ -12,13 +12,14 @@ import aiohttp
 import pytest
 import yaml
 
-from server import cli
+from server import cli as cli_module
 from tests.test_cli import (
     LINE_TIMEOUT,
     RUN_TIMEOUT,
     Server,
     assert_one_line_error,
     clean_env,
+    cli,
     free_port,
     run,
     write_config,
@@ -116,13 +117,13 @@ def test_config_found_through_the_environment_and_loudly_missing(tmp_path: Path)
 
 def test_config_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = write_config(tmp_path / "system", {})
-    monkeypatch.setattr(cli, "SYSTEM_CONFIG", str(system))
+    monkeypatch.setattr(cli_module, "SYSTEM_CONFIG", str(system))
     monkeypatch.chdir(tmp_path)
-    assert cli.find_config(None, {}) == str(system)
+    assert cli_module.find_config(None, {}) == str(system)
     local = write_config(tmp_path, {})
-    assert cli.find_config(None, {}) == "config.yaml" == local.name
-    assert cli.find_config(None, {"SENSORCAST_CONFIG": "/x.yaml"}) == "/x.yaml"
-    assert cli.find_config("/given.yaml", {"SENSORCAST_CONFIG": "/x.yaml"}) == "/given.yaml"
+    assert cli_module.find_config(None, {}) == "config.yaml" == local.name
+    assert cli_module.find_config(None, {"SENSORCAST_CONFIG": "/x.yaml"}) == "/x.yaml"
+    assert cli_module.find_config("/given.yaml", {"SENSORCAST_CONFIG": "/x.yaml"}) == "/given.yaml"
 
 
 def test_user_add_errors_read_as_sentences_not_dicts(tmp_path: Path) -> None:
@@ -135,25 +136,10 @@ def test_user_add_errors_read_as_sentences_not_dicts(tmp_path: Path) -> None:
 
 
 def test_explain_formats_details() -> None:
-    assert cli.explain("validation failed", {"password": ["Too short.", "Weak."]}) == (
+    assert cli_module.explain("validation failed", {"password": ["Too short.", "Weak."]}) == (
         "validation failed: password: Too short.; Weak."
     )
-    assert cli.explain("not found", None) == "not found"
-
-
-async def _cli(server: Server, *args: str, env: dict[str, str] | None = None):
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        "--config",
-        str(server.config),
-        *args,
-        cwd=server.dir,
-        env=env or clean_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    assert cli_module.explain("not found", None) == "not found"
 
 
 async def test_tail_publish_and_stats_follow_a_port_change_and_tail_says_why_it_closed(
@@ -175,14 +161,14 @@ async def test_tail_publish_and_stats_follow_a_port_change_and_tail_says_why_it_
     try:
         async with aiohttp.ClientSession() as session:
             await server.wait_healthy(session)
-        tail = await _cli(server, "tail", "general")
+        tail = await cli(server, "tail", "general", url=False)
         assert tail.stdout is not None
         line = await asyncio.wait_for(tail.stdout.readline(), LINE_TIMEOUT * 4)
         assert b'"type":"connection"' in line
-        pub = await _cli(server, "publish", "general", '{"x": 1}')
+        pub = await cli(server, "publish", "general", '{"x": 1}', url=False)
         out, err = await asyncio.wait_for(pub.communicate(), RUN_TIMEOUT)
         assert pub.returncode == 0, err
-        stats = await _cli(server, "stats")
+        stats = await cli(server, "stats", url=False)
         out, err = await asyncio.wait_for(stats.communicate(), RUN_TIMEOUT)
         assert stats.returncode == 0, err
         assert yaml.safe_load(out)["connections"] == 1
@@ -190,7 +176,7 @@ async def test_tail_publish_and_stats_follow_a_port_change_and_tail_says_why_it_
         await tail.wait()
 
         # A channel the token may not read: tail prints the server's reason.
-        denied = await _cli(server, "tail", "user:bob")
+        denied = await cli(server, "tail", "user:bob", url=False)
         _, err = await asyncio.wait_for(denied.communicate(), RUN_TIMEOUT)
         assert denied.returncode == 1
         assert b"closed: not allowed: user:bob (4003)" in err
