@@ -42,7 +42,7 @@ from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
 from server.storage.readings import delete_readings_before
-from server.ws import chat, commands
+from server.ws import chat, commands, expiry
 from server.ws.endpoint import close_all
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
         config,
         app[OPERATIONS],
         services=lambda: app[SERVICES],
-        commands=(*commands.COMMANDS, *chat.COMMANDS, *seed001.COMMANDS),
+        commands=(*commands.COMMANDS, *chat.COMMANDS, *expiry.COMMANDS, *seed001.COMMANDS),
         adopt=seed001.adopt,
+        auth=app[AUTH],
     )
     # Seed 001's envelope is a dialect (SPEC §10), not part of the native protocol.
     native = (c for c in app[DISPATCHER].commands.values() if c.type != seed001.REQUEST_TYPE)

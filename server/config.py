@@ -21,7 +21,9 @@ import orjson
 import yaml
 from marshmallow import ValidationError, validate
 
+from server.channel_names import check_channel
 from server.config_schema import first_error, schema_for
+from server.errors import BadRequest
 
 ENV_PREFIX = "SENSORCAST_"
 # Reserved for the test suite's own knobs (database URLs and the like).
@@ -36,10 +38,12 @@ class ConfigError(Exception):
     """A bad setting; str() is one line naming the key and the problem."""
 
 
-def setting(default: Any, check: validate.Validator | None = None) -> Any:
+def setting(default: Any, check: validate.Validator | None = None, *, upper: bool = False) -> Any:
+    """A setting's default and check; `upper`: a choice given in any case (`warning`)."""
+    metadata = {"check": check, "upper": upper}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
-    return field(default=default, metadata={"check": check})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,14 @@ class DatabaseConfig:
 class BusConfig:
     # Only the in-process backend exists so far; `redis` arrives with scale-out.
     backend: Literal["local"] = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    # Read by the Redis bus (bus.backend: redis); accepted now so deployments can set it.
+    url: str = "redis://127.0.0.1:6379/0"
+    # Seconds after which a dead instance's presence entries expire (SPEC §7).
+    presence_ttl: float = setting(30.0, validate.Range(min=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +118,9 @@ class AuthConfig:
     api_tokens: list[ApiToken] = setting([])
     # Lifetime of the tokens POST /api/v1/auth/login issues, in seconds.
     login_ttl: float = setting(3600.0, validate.Range(min=1))
+    # Login attempts per minute per client IP and per username (429 past them); 0 = off.
+    login_rate_per_ip: int = setting(30, validate.Range(min=0))
+    login_rate_per_user: int = setting(10, validate.Range(min=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +188,9 @@ class NotificationsConfig:
 
 @dataclass(frozen=True, slots=True)
 class CompatConfig:
-    # /ws/{x}: a chat room (seeds 000 and 002, the default) or a client id (seed 003, whose
-    # room is `?room=`).
-    ws_path: Literal["room", "client_id"] = "room"
+    # /ws/{x}: a chat room (seeds 000 and 002, the default), a client id (seed 003, whose
+    # room is `?room=`), or a room speaking seed 002's protocol exactly (`seed002`).
+    ws_path: Literal["room", "client_id", "seed002"] = "room"
     # Seed 001's `GET /ws`: seconds without a client frame before the socket is closed
     # (4008 "idle timeout"), as that seed did after 5 minutes; 0 = never.
     idle_timeout: float = setting(300.0, validate.Range(min=0))
@@ -189,7 +204,7 @@ class RetentionConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", upper=True)
     format: Literal["text", "json"] = "text"
 
 
@@ -204,6 +219,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     ws: WsConfig = field(default_factory=WsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -364,6 +380,10 @@ def _check_cross_field(config: Config) -> None:
                         f"channels.namespaces.{ns}.{action}: unknown role {role!r} "
                         f"(one of {', '.join((*ROLES, ANONYMOUS))})"
                     )
+    for i, api_token in enumerate(config.auth.api_tokens):
+        # The prefix names anonymous sockets' identities (server.auth): never a token's.
+        if api_token.name.startswith(ANONYMOUS + ":"):
+            raise ConfigError(f"auth.api_tokens.{i}.name: may not start with 'anonymous:'")
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min: must not exceed database.pool_max")
     url = config.database.url
@@ -382,10 +402,6 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 def _check_routes(notifications: NotificationsConfig) -> None:
     """Every route's channel, with its placeholders filled, must be a valid channel name."""
-    # Imported here: channels.py reads its own section's type from this module.
-    from server.channels import check_channel
-    from server.errors import BadRequest
-
     where = "notifications.default_channel"
     try:
         check_channel(notifications.default_channel)

@@ -8,6 +8,7 @@ import aiojobs
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from server.api.auth import LoginLimits
     from server.api.operations import Operation
     from server.auth import Authenticator
     from server.bus import Bus
@@ -27,6 +28,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operations")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+LOGIN_LIMITS: web.AppKey[LoginLimits] = web.AppKey("login_limits")
 OPENAPI = web.AppKey("openapi", bytes)
 ASYNCAPI = web.AppKey("asyncapi", bytes)
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)

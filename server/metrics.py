@@ -23,7 +23,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from server.channels import namespace
+from server.channel_names import namespace
 from server.hub import Hub
 
 # Namespaces the server itself publishes to; with the configured ones they are the only

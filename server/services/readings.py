@@ -316,7 +316,15 @@ class ReadingService:
             }
             for r in rows
         ]
-        return {"sensor_id": sensor_id, "metric": metric, "bucket": bucket, "items": items}
+        # Every bucket fits in one answer (past MAX_BUCKETS the query is refused): the list
+        # shape still carries next_cursor, null, as every list does (SPEC §5).
+        return {
+            "sensor_id": sensor_id,
+            "metric": metric,
+            "bucket": bucket,
+            "items": items,
+            "next_cursor": None,
+        }
 
 
 class AnomalyService:
