@@ -21,6 +21,7 @@ from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
+from server.ingest.mqtt import mqtt_ctx
 from server.jobs import systemd_heartbeat, watch_dependencies
 from server.keys import (
     ASYNCAPI,
@@ -31,6 +32,7 @@ from server.keys import (
     HUB,
     JOBS,
     METRICS,
+    MQTT,
     NOTIFIER,
     OPERATIONS,
     POLICY,
@@ -71,6 +73,7 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
     limiter = app.get(REST_LIMITER)
     metrics = app[METRICS] = Metrics(hub, lambda: limiter.refused if limiter else 0)
     hub.observe_latency = metrics.publish_latency.observe
+    metrics.mqtt = lambda: _mqtt_counts(app)
     app[DISPATCHER] = commands.Dispatcher(
         hub,
         policy,
@@ -88,6 +91,8 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(jobs_ctx)
     app.on_shutdown.append(_stopping)
+    if config.mqtt.enabled:
+        app.cleanup_ctx.append(mqtt_ctx)
     app.on_shutdown.append(close_all)
     if config.auth.anonymous_writes:
         log.warning("auth.anonymous_writes is on: anyone who can reach this server may write")
@@ -99,6 +104,16 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
                 STRONG_TOKEN_LENGTH,
             )
     return app
+
+
+def _mqtt_counts(app: web.Application) -> tuple[int, int] | None:
+    bridge = app.get(MQTT)
+    return (bridge.stats.accepted, bridge.stats.rejected) if bridge is not None else None
+
+
+def _mqtt_up(app: web.Application) -> bool | None:
+    bridge = app.get(MQTT)
+    return bridge.describe()["state"] == "connected" if bridge is not None else None
 
 
 def _namespaces(config: Config) -> set[str]:
@@ -138,7 +153,9 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )
     await scheduler.spawn(
-        watch_dependencies(app[SERVICES].storage, app[METRICS].dependency_up),
+        watch_dependencies(
+            app[SERVICES].storage, app[METRICS].dependency_up, lambda: _mqtt_up(app)
+        ),
         name="dependency-check",
     )
     notifier = app[NOTIFIER]

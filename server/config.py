@@ -24,6 +24,7 @@ from marshmallow import ValidationError, validate
 from server.channel_names import check_channel
 from server.config_schema import first_error, schema_for
 from server.errors import BadRequest
+from server.mqtt_topics import TopicError, broker_address, compile_pattern
 
 ENV_PREFIX = "SENSORCAST_"
 # Reserved for the test suite's own knobs (database URLs and the like).
@@ -215,6 +216,28 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """Device ingest from an MQTT broker (SPEC §11); off unless enabled."""
+
+    enabled: bool = False
+    # mqtt://host:port, or mqtts:// for TLS (port 8883 unless given).
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""
+    password: str = ""
+    # Empty: sensorcast-<host>-<port>. It names the broker session that keeps
+    # unacknowledged messages across a restart, so it must be stable and unique.
+    client_id: str = ""
+    qos: int = setting(1, validate.OneOf([0, 1, 2]))
+    # `{sensor_id}` (a whole level) names the sensor; `+` and `#` are allowed elsewhere.
+    topics: list[str] = setting(["sensors/{sensor_id}/readings"])
+    dead_letter_topic: str = ""
+    # Messages stored and published as one batch at most (as one REST batch).
+    max_batch: int = setting(1000, validate.Range(min=1, max=10_000))
+    # Reconnect backoff: doubles from 0.5 s up to this many seconds.
+    reconnect_max: float = setting(30.0, validate.Range(min=0.5))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -230,6 +253,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     # Directory of the config file: relative paths (SQLite file, var/) resolve against it.
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -391,10 +415,31 @@ def _check_cross_field(config: Config) -> None:
         raise ConfigError(
             "database.url: must be sqlite:///PATH or postgresql://user:pass@host:port/db"
         )
+    _check_mqtt(config.mqtt)
     if config.auth.jwt_algorithm != "HS256" and not config.auth.jwt_public_key:
         raise ConfigError(
             f"auth.jwt_public_key: required with jwt_algorithm {config.auth.jwt_algorithm}"
         )
+
+
+def _check_mqtt(mqtt: MqttConfig) -> None:
+    try:
+        broker_address(mqtt.url)
+    except TopicError as exc:
+        raise ConfigError(f"mqtt.url: {exc}") from None
+    if not mqtt.topics:
+        raise ConfigError("mqtt.topics: at least one topic pattern is required")
+    for i, pattern in enumerate(mqtt.topics):
+        try:
+            compile_pattern(pattern)
+        except TopicError as exc:
+            raise ConfigError(f"mqtt.topics.{i}: {exc}") from None
+    dead_letter = mqtt.dead_letter_topic
+    if any(c in dead_letter for c in "+#"):
+        raise ConfigError("mqtt.dead_letter_topic: a topic to publish to has no wildcards")
+    if dead_letter and any(compile_pattern(t).match(dead_letter)[0] for t in mqtt.topics):
+        # The bridge would read back its own dead letters, and refuse them again.
+        raise ConfigError("mqtt.dead_letter_topic: must not match one of mqtt.topics")
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")

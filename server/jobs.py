@@ -34,12 +34,18 @@ async def systemd_heartbeat(notifier: Notifier, connections: Callable[[], int]) 
         await asyncio.sleep(interval or STATUS_SECONDS)
 
 
-async def watch_dependencies(storage: Storage, up: Gauge) -> None:
-    """sensorcast_dependency_up{dependency="database"}: 1 while the database answers."""
+async def watch_dependencies(
+    storage: Storage, up: Gauge, mqtt_up: Callable[[], bool | None] = lambda: None
+) -> None:
+    """sensorcast_dependency_up: database 1 while it answers; mqtt 1 while the bridge is
+    connected (when there is one). Redis joins with the redis bus."""
     while True:
         try:
             await storage.ping()
             up.labels("database").set(1)
         except StorageError:
             up.labels("database").set(0)
+        mqtt = mqtt_up()
+        if mqtt is not None:
+            up.labels("mqtt").set(int(mqtt))
         await asyncio.sleep(DEPENDENCY_SECONDS)

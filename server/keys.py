@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.channels import ChannelPolicy
     from server.config import Config
     from server.hub import Hub
+    from server.ingest.mqtt import MqttBridge
     from server.metrics import Metrics
     from server.notify import Notifier
     from server.services import Services
@@ -34,3 +35,4 @@ ASYNCAPI = web.AppKey("asyncapi", bytes)
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+MQTT: web.AppKey[MqttBridge] = web.AppKey("mqtt")

@@ -1,9 +1,9 @@
 """Prometheus metrics (SPEC §8), one registry per app.
 
 Nothing here runs per delivery: the hub keeps plain integer counters (per publication and
-per batch of writes, see Hub._count), and a collector turns them and the hub's state into
-samples when /metrics is scraped. Only HTTP requests, publication batches, MQTT messages
-and dependency checks touch prometheus-client objects as they happen.
+per batch of writes, see Hub._count), and a collector turns them, the hub's state and the
+MQTT bridge's counters into samples when /metrics is scraped. Only HTTP requests,
+publication batches and dependency checks touch prometheus-client objects as they happen.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     generate_latest,
@@ -75,14 +74,8 @@ class Metrics:
             ["dependency"],
             registry=registry,
         )
-        self.mqtt_messages = Counter(
-            "sensorcast_mqtt_messages",
-            "MQTT messages by result",
-            ["result"],
-            registry=registry,
-        )
-        for result in ("accepted", "rejected"):
-            self.mqtt_messages.labels(result)
+        # (accepted, rejected) MQTT messages so far, or None without the bridge.
+        self.mqtt: Callable[[], tuple[int, int] | None] = lambda: None
         registry.register(_HubCollector(self, hub))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -133,3 +126,10 @@ class _HubCollector(Collector):
         for transport, count in self.metrics.rate_limited.items():
             limited.add_metric([transport], count())
         yield limited
+        mqtt = CounterMetricFamily(
+            "sensorcast_mqtt_messages", "MQTT messages by result", labels=["result"]
+        )
+        accepted, rejected = self.metrics.mqtt() or (0, 0)
+        mqtt.add_metric(["accepted"], accepted)
+        mqtt.add_metric(["rejected"], rejected)
+        yield mqtt

@@ -163,22 +163,32 @@ async def test_tail_publish_and_stats_follow_a_port_change_and_tail_says_why_it_
             await server.wait_healthy(session)
         tail = await cli(server, "tail", "general", url=False)
         assert tail.stdout is not None
-        line = await asyncio.wait_for(tail.stdout.readline(), LINE_TIMEOUT * 4)
-        assert b'"type":"connection"' in line
-        pub = await cli(server, "publish", "general", '{"x": 1}', url=False)
-        out, err = await asyncio.wait_for(pub.communicate(), RUN_TIMEOUT)
-        assert pub.returncode == 0, err
+        assert tail.stderr is not None
+        ready = await asyncio.wait_for(tail.stderr.readline(), LINE_TIMEOUT * 4)
+        assert ready.startswith(b"sensorcast: tailing general"), ready
         stats = await cli(server, "stats", url=False)
         out, err = await asyncio.wait_for(stats.communicate(), RUN_TIMEOUT)
         assert stats.returncode == 0, err
         assert yaml.safe_load(out)["connections"] == 1
+        pub = await cli(server, "publish", "general", '{"x": 1}', url=False)
+        out, err = await asyncio.wait_for(pub.communicate(), RUN_TIMEOUT)
+        assert pub.returncode == 0, err
+        line = await asyncio.wait_for(tail.stdout.readline(), LINE_TIMEOUT * 4)
+        assert b'"data":{"x":1}' in line, line
         tail.kill()
         await tail.wait()
 
-        # A channel the token may not read: tail prints the server's reason.
+        # A channel the token may not read: tail prints the server's reason (the client's
+        # subscribe is refused with an error frame).
         denied = await cli(server, "tail", "user:bob", url=False)
         _, err = await asyncio.wait_for(denied.communicate(), RUN_TIMEOUT)
         assert denied.returncode == 1
-        assert b"closed: not allowed: user:bob (4003)" in err
+        assert err == b"sensorcast: forbidden: not allowed to subscribe to user:bob\n"
+        # A socket the server closes: the reason and the code, not a bare code.
+        refused = await cli(server, "tail", "general", "--token", "bogus", url=False)
+        _, err = await asyncio.wait_for(refused.communicate(), RUN_TIMEOUT)
+        assert refused.returncode == 1
+        assert err.startswith(b"sensorcast: refused: invalid token"), err
+        assert err.endswith(b"(4001)\n"), err
     finally:
         server.kill()

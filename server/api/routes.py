@@ -10,6 +10,7 @@ from aiohttp import web
 
 from server import codec
 from server.api import auth, chat, notifications, predictions, readings, sensors, system
+from server.api.dashboard import setup_dashboard
 from server.api.middleware import (
     REST_LIMITER,
     RestLimiter,
@@ -131,6 +132,7 @@ def setup_routes(app: web.Application) -> None:
     # Seed aliases, including /ws/{x} (the chat shortcut): SPEC §10.
     notify_ok = rest_handler(operations[("notifications", "create")], status=200)
     routes += seed_routes(app, notify_ok)
+    routes += setup_dashboard(app)
     for route in routes:
         cors.add(route)
     app[OPENAPI] = codec.dumps(build_openapi(operations.values(), _other_routes(router)))

@@ -17,7 +17,7 @@ from server.api.stats_view import StatsView
 from server.auth import WRITE_ROLES
 from server.channel_names import validate_channel
 from server.errors import Unauthorized
-from server.keys import ASYNCAPI, CONFIG, HUB, METRICS, SERVICES
+from server.keys import ASYNCAPI, CONFIG, HUB, METRICS, MQTT, SERVICES
 from server.services.chat import room_of
 from server.storage import StorageError
 
@@ -81,6 +81,7 @@ async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
         "chat_messages": ctx.services.chat.messages_stored,
         "notifications_sent": ctx.services.notifications.sent,
         "uptime": round(time.monotonic() - ctx.hub.started_at, 3),
+        **{name: report() for name, report in ctx.services.reporters.items()},
     }
 
 
@@ -150,6 +151,13 @@ async def health(request: web.Request) -> web.Response:
     except StorageError as exc:
         checks["database"] = {"status": "down", "error": str(exc)}
     checks["bus"] = {"status": "ok", "backend": request.app[CONFIG].bus.backend}
+    if (bridge := request.app.get(MQTT)) is not None:
+        mqtt = bridge.describe()
+        checks["mqtt"] = {
+            "status": "ok" if mqtt["state"] == "connected" else "down",
+            "broker": mqtt["broker"],
+            **({"error": mqtt["last_error"]} if mqtt["last_error"] else {}),
+        }
     healthy = all(c["status"] == "ok" for c in checks.values())
     body = {
         "status": "healthy" if healthy else "degraded",
