@@ -157,3 +157,12 @@ async def test_metrics_token_is_required_when_set(make_client):
     wrong = await client.get("/metrics", headers=auth_header("nope"))
     assert wrong.status == 401
     await scrape(client, auth_header("scrape-secret-0123456789"))
+
+
+async def test_mqtt_counters_come_from_the_bridge_at_scrape_time(client):
+    s = await scrape(client)
+    assert value(s, "sensorcast_mqtt_messages_total", result="accepted") == 0
+    client.app[METRICS].mqtt = lambda: (5, 2)
+    s = await scrape(client)
+    assert value(s, "sensorcast_mqtt_messages_total", result="accepted") == 5
+    assert value(s, "sensorcast_mqtt_messages_total", result="rejected") == 2
