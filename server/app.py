@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -15,14 +18,15 @@ from server.api.asyncapi import build_asyncapi
 from server.api.middleware import REST_LIMITER, shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
-from server.bus import Bus
+from server.bus import Backend, Bus
 from server.bus.local import LocalBackend
+from server.bus.redis import RedisBackend
 from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
 from server.ingest.mqtt import mqtt_ctx
-from server.jobs import systemd_heartbeat, watch_dependencies
+from server.jobs import maintain_bus, systemd_heartbeat, watch_dependencies
 from server.keys import (
     ASYNCAPI,
     AUTH,
@@ -51,8 +55,6 @@ log = logging.getLogger(__name__)
 
 # API tokens shorter than this are accepted (seed demo tokens) but warned about.
 STRONG_TOKEN_LENGTH = 16
-# How often expired history is dropped from the in-memory ring buffers.
-HISTORY_TRIM_SECONDS = 30.0
 # How often readings past retention.readings_days are deleted.
 RETENTION_SECONDS = 3600.0
 
@@ -64,10 +66,9 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
     app.on_response_prepare.append(shape_router_errors)
     app[CONFIG] = config
     app[AUTH] = Authenticator(config.auth, config.var_dir, config.base_dir)
-    policy = app[POLICY] = ChannelPolicy(config.channels)
-    bus = app[BUS] = Bus(
-        LocalBackend(config.history.size, config.history.ttl, policy.history_enabled)
-    )
+    policy = app[POLICY] = ChannelPolicy(config.channels, config.history)
+    instance = instance_name()
+    bus = app[BUS] = Bus(make_backend(config, policy, instance), instance)
     hub = app[HUB] = Hub(bus, policy.presence_enabled, namespace_labeller(_namespaces(config)))
     setup_routes(app)
     limiter = app.get(REST_LIMITER)
@@ -111,6 +112,12 @@ def _mqtt_counts(app: web.Application) -> tuple[int, int] | None:
     return (bridge.stats.accepted, bridge.stats.rejected) if bridge is not None else None
 
 
+def _redis_up(app: web.Application) -> bool | None:
+    if app[CONFIG].bus.backend != "redis":
+        return None
+    return bool(app[BUS].backend.health()["status"] == "ok")
+
+
 def _mqtt_up(app: web.Application) -> bool | None:
     bridge = app.get(MQTT)
     return bridge.describe()["state"] == "connected" if bridge is not None else None
@@ -123,6 +130,24 @@ def _namespaces(config: Config) -> set[str]:
     return set(config.channels.namespaces) | {c.partition(":")[0] for c in channels}
 
 
+def instance_name() -> str:
+    """This process among several instances: host, pid and a few random characters (two
+    apps in one test process differ too)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def make_backend(config: Config, policy: ChannelPolicy, instance: str) -> Backend:
+    if config.bus.backend == "redis":
+        return RedisBackend(
+            config.redis.url,
+            config.redis.prefix,
+            instance,
+            policy.history_rule,
+            config.redis.presence_ttl,
+        )
+    return LocalBackend(history_rule=policy.history_rule)
+
+
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     db = config.database
@@ -131,7 +156,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
-        services = app[SERVICES] = create_services(storage, app[BUS], config, app[HUB])
+        services = app[SERVICES] = create_services(storage, app[BUS], config)
         yield
         services.chat.close()
     finally:
@@ -148,13 +173,15 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Background jobs; at shutdown they are given shutdown_timeout to finish."""
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
-    await scheduler.spawn(_trim_history(app[BUS]), name="history-trim")
+    await scheduler.spawn(maintain_bus(app[BUS]), name="bus-upkeep")
     await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )
     await scheduler.spawn(
         watch_dependencies(
-            app[SERVICES].storage, app[METRICS].dependency_up, lambda: _mqtt_up(app)
+            app[SERVICES].storage,
+            app[METRICS].dependency_up,
+            {"redis": lambda: _redis_up(app), "mqtt": lambda: _mqtt_up(app)},
         ),
         name="dependency-check",
     )
@@ -172,14 +199,6 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _stopping(app: web.Application) -> None:
     """First of on_shutdown: systemd shows the unit as deactivating from here on."""
     app[NOTIFIER].stopping()
-
-
-async def _trim_history(bus: Bus) -> None:
-    while True:
-        await asyncio.sleep(HISTORY_TRIM_SECONDS)
-        dropped = bus.backend.trim()
-        if dropped:
-            log.debug("history trim dropped %d publications", dropped)
 
 
 async def expire_readings(storage: Storage, days: int) -> int:

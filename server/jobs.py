@@ -1,19 +1,38 @@
-"""Background jobs run by the app's aiojobs scheduler (see app.jobs_ctx)."""
+"""Background jobs (aiojobs), started by app.jobs_ctx."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 
 from prometheus_client import Gauge
 
+from server.bus import Bus
 from server.notify import Notifier
 from server.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
 
 # How often STATUS= is refreshed when no watchdog sets a faster pace.
 STATUS_SECONDS = 10.0
 # How often sensorcast_dependency_up is refreshed.
 DEPENDENCY_SECONDS = 15.0
+
+
+async def maintain_bus(bus: Bus) -> None:
+    """The bus backend's upkeep, every `maintain_interval` seconds: expired history trimmed
+    and idle channels evicted (local); this instance's presence refreshed and dead
+    instances' members expired, with `user_left` (redis)."""
+    while True:
+        await asyncio.sleep(bus.backend.maintain_interval)
+        try:
+            dropped = await bus.maintain()
+        except Exception:
+            log.exception("bus upkeep failed; trying again next time")
+            continue
+        if dropped:
+            log.debug("bus upkeep dropped %d items", dropped)
 
 
 def connections_status(count: int) -> str:
@@ -35,17 +54,18 @@ async def systemd_heartbeat(notifier: Notifier, connections: Callable[[], int]) 
 
 
 async def watch_dependencies(
-    storage: Storage, up: Gauge, mqtt_up: Callable[[], bool | None] = lambda: None
+    storage: Storage, up: Gauge, others: Mapping[str, Callable[[], bool | None]] = {}
 ) -> None:
-    """sensorcast_dependency_up: database 1 while it answers; mqtt 1 while the bridge is
-    connected (when there is one). Redis joins with the redis bus."""
+    """sensorcast_dependency_up: database 1 while it answers a ping; each of `others`
+    (redis, mqtt) as its own state says (None: not in use, no sample)."""
     while True:
         try:
             await storage.ping()
             up.labels("database").set(1)
         except StorageError:
             up.labels("database").set(0)
-        mqtt = mqtt_up()
-        if mqtt is not None:
-            up.labels("mqtt").set(int(mqtt))
+        for name, state in others.items():
+            value = state()
+            if value is not None:
+                up.labels(name).set(int(value))
         await asyncio.sleep(DEPENDENCY_SECONDS)

@@ -371,6 +371,14 @@ class Client:
                     fut.set_result(frame.get("data", frame) if kind == "response" else frame)
             return
         channel = frame.get("channel")
+        if kind == "subscribed" and frame.get("recovered") is False:
+            # Unasked: the server's stream on the channel restarted there without what was
+            # in between (scale-out: Redis lost it, or an outage): a gap, surfaced.
+            restarted = self._subs.get(channel) if isinstance(channel, str) else None
+            if restarted is not None and restarted.active and restarted.position is not None:
+                restarted.on_subscribed(frame)
+                self._status("gap", channel=restarted.channel)
+            return
         if not isinstance(channel, str) or kind in ("subscribed", "unsubscribed"):
             return
         offsets = frame.get("offsets")

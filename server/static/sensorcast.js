@@ -313,6 +313,13 @@ export class SensorcastClient extends EventTarget {
       );
       return;
     }
+    if (type === "subscribed" && frame.recovered === false) {
+      // Unasked: the server's stream restarted there without what was in between (a
+      // scale-out outage): a gap, surfaced like one found on resubscribing.
+      const sub = this._subs.get(frame.channel);
+      if (sub && sub.active && sub.position !== null) sub._subscribed(frame);
+      return;
+    }
     if (type === "subscribed" || type === "unsubscribed" || typeof frame.channel !== "string") {
       if (type === "notification" || type === "system_event") this._emit(frame);
       return;

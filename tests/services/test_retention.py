@@ -108,7 +108,7 @@ async def test_app_runs_the_retention_job(make_client, days):
     client = await make_client({"retention": {"readings_days": days}})
 
     assert {job.get_name() for job in client.app[JOBS]} == {
-        "history-trim",
+        "bus-upkeep",
         "retention",
         "dependency-check",
     }

@@ -51,7 +51,7 @@ async def test_policy_close_logs_4008(make_client, caplog):
 
 
 async def test_room_created_and_removed_are_logged(client, caplog):
-    caplog.set_level(logging.INFO, "server.hub")
+    caplog.set_level(logging.INFO, "server.bus.presence")
     ws = await open_ws(client, "/ws/lobby")
     other = await open_ws(client, "/ws/lobby")
     await other.ws.close()
