@@ -49,7 +49,7 @@ put() {
 
 # The app's files: sources only, no caches, no venv, no local data.
 app_files() {
-    (cd "$SRC" && find server migrations deploy setup.cfg pyproject.toml README.md config.yaml \
+    (cd "$SRC" && find server deploy docs setup.cfg pyproject.toml README.md config.yaml \
         -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort)
 }
 

@@ -14,6 +14,7 @@ import aiojobs
 from aiohttp import web
 
 from server import codec
+from server.api import sse
 from server.api.asyncapi import build_asyncapi
 from server.api.middleware import REST_LIMITER, shape_router_errors
 from server.api.routes import setup_routes
@@ -41,6 +42,7 @@ from server.keys import (
     OPERATIONS,
     POLICY,
     SERVICES,
+    SSE_STREAMS,
 )
 from server.metrics import Metrics, namespace_labeller
 from server.notify import Notifier
@@ -70,6 +72,7 @@ def create_app(config: Config, notifier: Notifier | None = None) -> web.Applicat
     instance = instance_name()
     bus = app[BUS] = Bus(make_backend(config, policy, instance), instance)
     hub = app[HUB] = Hub(bus, policy.presence_enabled, namespace_labeller(_namespaces(config)))
+    app[SSE_STREAMS] = set()
     setup_routes(app)
     limiter = app.get(REST_LIMITER)
     metrics = app[METRICS] = Metrics(hub, lambda: limiter.refused if limiter else 0)
@@ -152,7 +155,11 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     db = config.database
     storage = await open_storage(
-        db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
+        db.url,
+        base_dir=config.base_dir,
+        pool_min=db.pool_min,
+        pool_max=db.pool_max,
+        acquire_timeout=db.acquire_timeout,
     )
     try:
         await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
@@ -168,12 +175,16 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.stop()
+    app[HUB].conflator.close()
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Background jobs; at shutdown they are given shutdown_timeout to finish."""
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
     await scheduler.spawn(maintain_bus(app[BUS]), name="bus-upkeep")
+    await scheduler.spawn(
+        sse.keepalive(app[SSE_STREAMS], app[CONFIG].sse.keepalive), name="sse-keepalive"
+    )
     await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )

@@ -65,6 +65,9 @@ class DatabaseConfig:
     pool_min: int = setting(1, validate.Range(min=0))
     pool_max: int = setting(10, validate.Range(min=1))
     auto_migrate: bool = True
+    # Seconds a request waits for a free connection (PostgreSQL's pool, SQLite's one
+    # connection) before it is answered 503 unavailable instead of queueing forever.
+    acquire_timeout: float = setting(10.0, validate.Range(min=0.01))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,12 @@ class WsConfig:
     max_connections_per_ip: int = setting(1000, validate.Range(min=0))
     duplicate_client_id: Literal["reject", "replace"] = "reject"
     compression: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SseConfig:
+    # Seconds between `: keepalive` comment lines on every Server-Sent Events stream.
+    keepalive: float = setting(15.0, validate.Range(min=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +263,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     ws: WsConfig = field(default_factory=WsConfig)
+    sse: SseConfig = field(default_factory=SseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)

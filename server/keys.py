@@ -10,6 +10,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from server.api.auth import LoginLimits
     from server.api.operations import Operation
+    from server.api.sse import SseConnection
     from server.auth import Authenticator
     from server.bus import Bus
     from server.channels import ChannelPolicy
@@ -32,6 +33,8 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 LOGIN_LIMITS: web.AppKey[LoginLimits] = web.AppKey("login_limits")
 OPENAPI = web.AppKey("openapi", bytes)
 ASYNCAPI = web.AppKey("asyncapi", bytes)
+# Open Server-Sent Events streams: the keep-alive writes to them.
+SSE_STREAMS: web.AppKey[set[SseConnection]] = web.AppKey("sse_streams")
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -49,8 +49,12 @@ def namespace_labeller(known: Iterable[str]) -> Callable[[str], str]:
 class Metrics:
     def __init__(self, hub: Hub, rest_rate_limited: Callable[[], int]) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        # transport -> how many connections it has now; SSE adds "sse".
-        self.connections: dict[str, Callable[[], int]] = {"ws": lambda: len(hub.clients)}
+        # transport label -> how many connections it has now (hub.transports is keyed by
+        # the transports' framing names).
+        self.connections: dict[str, Callable[[], int]] = {
+            "ws": lambda: hub.transports["websocket"],
+            "sse": lambda: hub.transports["sse"],
+        }
         self.rate_limited: dict[str, Callable[[], int]] = {
             "rest": rest_rate_limited,
             "ws": lambda: hub.stats.rate_limited,

@@ -9,7 +9,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import auth, chat, notifications, predictions, readings, sensors, system
+from server.api import auth, chat, notifications, predictions, readings, sensors, sse, system
 from server.api.dashboard import setup_dashboard
 from server.api.middleware import (
     REST_LIMITER,
@@ -120,6 +120,8 @@ def setup_routes(app: web.Application) -> None:
         router.add_get("/api/v1/asyncapi.json", json_errors(system.asyncapi)),
         router.add_post(auth.LOGIN_PATH, json_errors(auth.login)),
         router.add_post(auth.SEED_LOGIN_PATH, json_errors(auth.login)),
+        # EventSource from allowed origins: CORS headers like any REST route.
+        router.add_get("/api/v1/sse", json_errors(sse.sse)),
     ]
     app[LOGIN_LIMITS] = auth.LoginLimits(app[CONFIG].auth)
     for op in operations.values():

@@ -51,7 +51,7 @@ def _view(ctx: Ctx) -> StatsView:
 
 
 def _channel_stats(ctx: Ctx, view: StatsView, channel: str) -> dict[str, Any]:
-    subs = ctx.hub.channels.get(channel, ())
+    subs = ctx.hub.subscribers(channel)
     return {"channel": channel, "subscribers": len(subs), "users": view.users(subs)}
 
 
@@ -66,9 +66,13 @@ async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "instance": hub.bus.instance,
         "connections": len(hub.clients),
+        # Of those, Server-Sent Events streams (GET /api/v1/sse).
+        "sse_streams": hub.transports["sse"],
         "connections_total": s.connections_total,
         "channels": {
-            ch: _channel_stats(ctx, view, ch) for ch in sorted(hub.channels) if view.channel(ch)
+            ch: _channel_stats(ctx, view, ch)
+            for ch in sorted(hub.channel_names())
+            if view.channel(ch)
         },
         "messages_in": s.messages_in,
         "messages_out": s.messages_out,

@@ -21,10 +21,11 @@ from server.channel_names import parse_channel_list
 from server.compat import Dialect
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from server.hub import Hub, HubStats, Member
+from server.hub.connection import TokenBucket, client_key
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
 from server.services.chat import check_room, room_channel
 from server.ws import expiry, frames
-from server.ws.connection import Connection, TokenBucket, client_key
+from server.ws.socket import WsConnection, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Entry:
         """Raises BadRequest for a bad name."""
         return parse_channel_list(query.getall("channel", [])) or [DEFAULT_CHANNEL]
 
-    def greet(self, conn: Connection, hub: Hub, channels: list[str]) -> None:
+    def greet(self, conn: WsConnection, hub: Hub, channels: list[str]) -> None:
         """Right after `connection` (the socket already counted in its channels' presence):
         anything more the route's clients expect first."""
 
@@ -128,7 +129,7 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
     return response
 
 
-def _log_disconnect(conn: Connection, last: WSMessage | None) -> None:
+def _log_disconnect(conn: WsConnection, last: WSMessage | None) -> None:
     code, by = _close_code(conn, conn.ws, last)
     duration = time.monotonic() - conn.connected_at
     log.info(
@@ -148,7 +149,7 @@ def _log_disconnect(conn: Connection, last: WSMessage | None) -> None:
 
 
 def _close_code(
-    conn: Connection, ws: web.WebSocketResponse, last: WSMessage | None
+    conn: WsConnection, ws: web.WebSocketResponse, last: WSMessage | None
 ) -> tuple[int | None, str]:
     """The close code the socket ended with and who chose it. ws.close_code alone would
     name the peer's reply (1000 after our 1001) or 1006 when the peer left without one
@@ -179,7 +180,7 @@ class Refusal(Exception):
 
 async def _open(
     request: web.Request, entry: Entry
-) -> tuple[web.StreamResponse, Connection | None, list[tuple[str, Member | None]]]:
+) -> tuple[web.StreamResponse, WsConnection | None, list[tuple[str, Member | None]]]:
     """Handshake, then admission; a refused socket is closed with its code and reason."""
     config = request.app[CONFIG]
     if not origin_allowed(request):
@@ -203,7 +204,7 @@ async def _open(
 
 def _admit(
     request: web.Request, ws: web.WebSocketResponse, entry: Entry
-) -> tuple[Connection, list[tuple[str, Member | None]]]:
+) -> tuple[WsConnection, list[tuple[str, Member | None]]]:
     """Query checks and limits; registers the socket (counted in its channels' presence)
     and sends `connection`. Returns the channels to subscribe, each with the Member whose
     arrival is to be announced there."""
@@ -253,7 +254,7 @@ def _admit(
         existing.close_soon(frames.CLOSE_DUPLICATE, "replaced by a new connection")
 
     rate = TokenBucket(limits.rate_limit, limits.rate_burst) if limits.rate_limit else None
-    conn = Connection(
+    conn = open_connection(
         ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop, hub.outbox
     )
     conn.dialect = entry.dialect
@@ -290,7 +291,7 @@ def _admit(
     return conn, counted
 
 
-def _within_rate(conn: Connection, stats: HubStats) -> bool:
+def _within_rate(conn: WsConnection, stats: HubStats) -> bool:
     """Count a client frame; False when it is over the rate limit (answered or dropped)."""
     stats.messages_in += 1
     rate = conn.rate

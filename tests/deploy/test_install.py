@@ -44,7 +44,7 @@ def test_install_lays_out_the_tree_and_a_second_run_changes_nothing(tmp_path: Pa
     first = _install(dest, "--no-venv")
     assert "wrote /etc/systemd/system/sensorcast.service" in first
     app = dest / PREFIX.lstrip("/") / "app"
-    for rel in ("server/app.py", "migrations", "setup.cfg", "deploy/install.sh"):
+    for rel in ("server/app.py", "server/migrations", "setup.cfg", "deploy/install.sh"):
         assert (app / rel).exists(), rel
     assert not list(app.rglob("__pycache__"))
     config = yaml.safe_load((dest / "etc/sensorcast/config.yaml").read_text())

@@ -97,7 +97,8 @@ async def test_paging_keeps_duplicates_and_sensors_sharing_an_instant(svc: Servi
         if (cursor := page["next_cursor"]) is None:
             break
 
-    assert seen == [(a, "h"), (a, "h"), (a, "t"), (a, "t"), (b, "h"), (b, "h"), (b, "t"), (b, "t")]
+    # Same instant: by sensor, then reading by reading (the retried one too), then metric.
+    assert seen == [(a, "h"), (a, "t"), (a, "h"), (a, "t"), (b, "h"), (b, "t"), (b, "h"), (b, "t")]
 
 
 async def test_latest_takes_the_newest_per_metric_whatever_the_arrival_order(svc: Service):
