@@ -52,7 +52,15 @@ async def test_metric_names_and_label_sets_are_the_spec_ones(client):
 async def test_connections_subscriptions_publications_deliveries_move(client, token):
     a = await open_ws(client, "/api/v1/ws?channel=general&channel=readings:1")
     b = await open_ws(client)
+    sse = await client.get("/api/v1/sse?channel=general")
+    assert await sse.content.readuntil(b"\n\n") == b"retry: 3000\n\n"
+    assert b"event: subscribed" in await sse.content.readuntil(b"\n\n")
     s = await scrape(client)
+    assert value(s, "sensorcast_connections", transport="sse") == 1
+    sse.close()
+    await eventually(lambda: client.app[HUB].transports["sse"] == 0)
+    s = await scrape(client)
+    assert value(s, "sensorcast_connections", transport="sse") == 0
     assert value(s, "sensorcast_connections", transport="ws") == 2
     assert value(s, "sensorcast_subscriptions") == 3
     tok = token("service")

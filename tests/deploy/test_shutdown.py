@@ -45,6 +45,10 @@ async def test_sigterm_closes_sockets_1001_answers_requests_in_flight_and_keeps_
             ) as resp:
                 assert resp.status == 202
 
+            sse = await session.get(f"{server.url}/api/v1/sse?channel=general")
+            assert sse.status == 200
+            assert await sse.content.readuntil(b"\n\n") == b"retry: 3000\n\n"
+            assert b"event: subscribed" in await sse.content.readuntil(b"\n\n")
             sockets = [await session.ws_connect(f"{server.url}/api/v1/ws") for _ in range(3)]
             for ws in sockets:
                 assert (await ws.receive_json(timeout=30))["type"] == "connection"
@@ -74,6 +78,10 @@ async def test_sigterm_closes_sockets_1001_answers_requests_in_flight_and_keeps_
                 assert msg.type is aiohttp.WSMsgType.CLOSE, msg
                 assert (msg.data, msg.extra) == (1001, "server shutting down")
                 await ws.close()
+            # The SSE stream ends too (the body finishes: no hang, no reset).
+            await asyncio.wait_for(sse.content.read(), 30)
+            assert sse.content.at_eof()
+            sse.release()
             lock.execute("ROLLBACK")
             lock.close()
 
