@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from server.config import Config
     from server.hub import Hub
     from server.ingest.mqtt import MqttBridge
+    from server.metrics import Metrics
+    from server.notify import Notifier
     from server.services import Services
     from server.ws.commands import Dispatcher
 
@@ -30,7 +32,10 @@ OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operation
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 LOGIN_LIMITS: web.AppKey[LoginLimits] = web.AppKey("login_limits")
 OPENAPI = web.AppKey("openapi", bytes)
+ASYNCAPI = web.AppKey("asyncapi", bytes)
 # Open Server-Sent Events streams: the keep-alive writes to them.
 SSE_STREAMS: web.AppKey[set[SseConnection]] = web.AppKey("sse_streams")
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 MQTT: web.AppKey[MqttBridge] = web.AppKey("mqtt")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +16,8 @@ from server.api.respond import json_response
 from server.api.stats_view import StatsView
 from server.auth import WRITE_ROLES
 from server.channel_names import validate_channel
-from server.keys import CONFIG, HUB, MQTT, SERVICES
+from server.errors import Unauthorized
+from server.keys import ASYNCAPI, CONFIG, HUB, METRICS, MQTT, SERVICES
 from server.services.chat import room_of
 from server.storage import StorageError
 
@@ -175,3 +178,37 @@ async def health(request: web.Request) -> web.Response:
         "uptime": round(time.monotonic() - request.app[HUB].started_at, 3),
     }
     return json_response(body, status=200 if checks["database"]["status"] == "ok" else 503)
+
+
+# Prometheus' text exposition format, version 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; with metrics.token set, only for `Authorization: Bearer <token>`."""
+    token = request.app[CONFIG].metrics.token
+    if token:
+        given = request.headers.get("Authorization", "").partition(" ")
+        if given[0].lower() != "bearer" or not hmac.compare_digest(
+            given[2].strip().encode(), token.encode()
+        ):
+            raise Unauthorized("GET /metrics needs Authorization: Bearer <metrics.token>")
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+REDOC = STATIC / "vendor" / "redoc" / "redoc.standalone.js"
+
+
+async def docs(request: web.Request) -> web.FileResponse:
+    """The OpenAPI document as a readable page (Redoc, served from here)."""
+    return web.FileResponse(STATIC / "docs.html", headers={"Content-Type": "text/html"})
+
+
+async def docs_script(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(REDOC, headers={"Content-Type": "text/javascript"})
+
+
+async def asyncapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[ASYNCAPI], content_type="application/json")

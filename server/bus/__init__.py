@@ -8,6 +8,7 @@ hub ask only the bus, whichever backend it has.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +53,8 @@ class Publication:
     _translated: dict[tuple[Dialect, str], bytes | None] | None = field(default=None, repr=False)
     # (framing, channel) -> a transport's bytes (a WebSocket frame, an SSE event).
     _framed: dict[tuple[Framing, str], bytes] | None = field(default=None, repr=False)
+    # perf_counter() when it was made: sensorcast_publish_latency_seconds starts here.
+    accepted: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
     def epoch(self) -> str:

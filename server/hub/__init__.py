@@ -29,7 +29,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from server import codec
@@ -123,6 +123,11 @@ class HubStats:
     publications: int = 0
     dropped_slow_consumers: int = 0
     closed_by_policy: int = 0
+    # Client frames refused by ws.rate_limit.
+    rate_limited: int = 0
+    # Namespace label -> publications / frames written (server.metrics reads them).
+    published: dict[str, int] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)
 
 
 class Hub:
@@ -130,13 +135,18 @@ class Hub:
         self,
         bus: Bus,
         presence_on: Callable[[str], bool] = lambda _: False,
+        label: Callable[[str], str] = lambda _: "other",
         clock: Callable[[], float] = time.monotonic,
         limits: HubLimits = HubLimits(),
     ) -> None:
         self.bus = bus
         self.presence_on = presence_on
-        self.clock = clock
         self.limits = limits
+        # channel -> its bounded namespace label for the counters (server.metrics).
+        self.label = label
+        # Called once per batch with seconds since its oldest publication was accepted.
+        self.observe_latency: Callable[[float], None] | None = None
+        self.clock = clock
         # channel -> connections that get its publications as published (not conflated).
         self.channels: dict[str, set[Connection]] = {}
         self.anonymous_channels: set[str] = set()
@@ -416,6 +426,7 @@ class Hub:
     # -- fan-out -----------------------------------------------------------------------
 
     async def on_publication(self, publications: list[Publication]) -> None:
+        self._count(publications)
         queue = self._queue
         if queue is not None:
             # Behind a batch still being delivered: wait, with today's subscribers (a socket
@@ -423,12 +434,19 @@ class Hub:
             queue.append((publications, self._view(publications)))
             return
         if len(publications) <= BATCH_CHUNK:
-            self._deliver_now(publications, self.channels)
+            try:
+                self._route(publications, self.channels)
+            finally:
+                self._observe(publications)
             return
         self._queue = deque([(publications, self._view(publications))])
         # Its own task: a publisher that goes away (a cancelled request) does not stop it.
         self._pump = asyncio.get_running_loop().create_task(self._deliver_queue())
         await asyncio.shield(self._pump)
+
+    def _observe(self, publications: list[Publication]) -> None:
+        if self.observe_latency is not None:
+            self.observe_latency(time.perf_counter() - publications[0].accepted)
 
     def _view(self, publications: list[Publication]) -> Subscribers:
         """The current subscribers of the channels a batch names, frozen."""
@@ -444,17 +462,34 @@ class Hub:
         try:
             while queue:
                 publications, view = queue[0]
-                for start in range(0, len(publications), BATCH_CHUNK):
-                    if start:
-                        # Let pings, reads and other sockets' writes run.
-                        await asyncio.sleep(0)
-                    self._deliver_now(publications[start : start + BATCH_CHUNK], view)
+                try:
+                    for start in range(0, len(publications), BATCH_CHUNK):
+                        if start:
+                            # Let pings, reads and other sockets' writes run.
+                            await asyncio.sleep(0)
+                        self._route(publications[start : start + BATCH_CHUNK], view)
+                finally:
+                    self._observe(publications)
                 queue.popleft()
         finally:
             self._queue = None
             self._pump = None
 
-    def _deliver_now(self, publications: list[Publication], channels: Subscribers) -> None:
+    def _count(self, publications: list[Publication]) -> None:
+        """Per publication, never per delivery: the namespace counters."""
+        published, label = self.stats.published, self.label
+        for pub in publications:
+            for channel in pub.channels:
+                ns = label(channel)
+                published[ns] = published.get(ns, 0) + 1
+
+    def _delivered(self, channel: str, sent: int) -> None:
+        """Per channel of a fan-out (or a batch): frames written there."""
+        if sent:
+            delivered, ns = self.stats.delivered, self.label(channel)
+            delivered[ns] = delivered.get(ns, 0) + sent
+
+    def _route(self, publications: list[Publication], channels: Subscribers) -> None:
         if len(publications) == 1:
             self._fan_out(publications[0], channels)
         else:
@@ -526,6 +561,7 @@ class Hub:
                 log.exception("write to %s failed", conn.client_id)
                 conn.drop("write failed")
         self.stats.messages_out += sent
+        self._delivered(channel, sent)
 
     def _fan_out(self, pub: Publication, channels: Subscribers | None = None) -> None:
         self.stats.publications += 1
@@ -539,6 +575,7 @@ class Hub:
         exclude = pub.exclude
         sent = 0
         for channel, subs in reached:
+            before = sent
             payload = pub.payload(channel)
             # The wire bytes of the last transport seen: subscribers of one transport in a
             # row share them without a lookup.
@@ -565,6 +602,7 @@ class Hub:
                     # One broken socket must not stop the others, nor fail the publisher.
                     log.exception("write to %s failed", conn.client_id)
                     conn.drop("write failed")
+            self._delivered(channel, sent - before)
         self.stats.messages_out += sent
 
     @staticmethod

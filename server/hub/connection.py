@@ -181,6 +181,7 @@ class Connection:
         "_pending_bytes",
         "_transport",
         "client_id",
+        "close_code",
         "closer",
         "closing",
         "conflated",
@@ -236,6 +237,8 @@ class Connection:
         # dialect to translate into, no bytes of its own per delivery (see `deliver`).
         self.direct = True
         self.closing = False
+        # The code this server closed with (None: the peer closed first).
+        self.close_code: int | None = None
         self.closer: asyncio.Task[Any] | None = None
         # The timer that closes the connection when its token expires (server.ws.expiry).
         self.expiry: asyncio.TimerHandle | None = None
@@ -502,6 +505,7 @@ class Connection:
         """Start closing; the transport's handler then ends and cleans up."""
         if self.closing:
             return
+        self.close_code = code
         # Frames already accepted go out before the close; a backlog does not (it would
         # follow the close).
         data = self._take_pending()

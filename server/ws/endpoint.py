@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 from multidict import MultiDict
 
 from server.api.middleware import bearer_token
@@ -95,6 +95,7 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
     hub = request.app[HUB]
     dispatcher = request.app[DISPATCHER]
     ws = conn.ws
+    msg = None
     # Counted in these channels' presence at admission, not subscribed yet: if the socket
     # ends before it gets to them (a cancelled join), remove() uncounts them.
     unjoined = [channel for channel, _ in channels]
@@ -121,18 +122,48 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
     finally:
         expiry.disarm(conn)
         try:
-            await hub.remove(conn, unjoined)
+            try:
+                await hub.remove(conn, unjoined)
+            finally:
+                if conn.closer is not None:
+                    await asyncio.shield(conn.closer)
+                conn.abort_later(CLOSE_TIMEOUT)
         finally:
-            if conn.closer is not None:
-                await asyncio.shield(conn.closer)
-            conn.abort_later(CLOSE_TIMEOUT)
-        log.info(
-            "disconnect %s code=%s after %.1fs",
-            conn.client_id,
-            ws.close_code,
-            time.monotonic() - conn.connected_at,
-        )
+            # Even when aiohttp cancels the handler as the peer's TCP connection goes.
+            _log_disconnect(conn, msg)
     return response
+
+
+def _log_disconnect(conn: WsConnection, last: WSMessage | None) -> None:
+    code, by = _close_code(conn, conn.ws, last)
+    duration = time.monotonic() - conn.connected_at
+    log.info(
+        "disconnect %s code=%s by=%s after %.1fs",
+        conn.client_id,
+        code,
+        by,
+        duration,
+        extra={
+            "event": "disconnect",
+            "client_id": conn.client_id,
+            "code": code,
+            "closed_by": by,
+            "duration_s": round(duration, 3),
+        },
+    )
+
+
+def _close_code(
+    conn: WsConnection, ws: web.WebSocketResponse, last: WSMessage | None
+) -> tuple[int | None, str]:
+    """The close code the socket ended with and who chose it. ws.close_code alone would
+    name the peer's reply (1000 after our 1001) or 1006 when the peer left without one
+    (after aiohttp's own 1009 for a frame over ws.max_message_bytes)."""
+    if conn.close_code is not None:
+        return conn.close_code, "server"
+    if last is not None and last.type is WSMsgType.ERROR and isinstance(last.data, WebSocketError):
+        return int(last.data.code), "server"
+    return ws.close_code, "client"
 
 
 def route(entry: Entry) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -198,6 +229,14 @@ def _admit(
         principal = app[AUTH].resolve(token, query.get("user_id"), query.get("username"))
         channels = entry.channels(request, query, principal)
     except Unauthorized as exc:
+        # The address, never the token.
+        log.warning(
+            "auth failure from %s on %s: %s",
+            client_ip(request),
+            request.path,
+            exc.message,
+            extra={"event": "auth_failure", "remote": client_ip(request)},
+        )
         raise Refusal(frames.CLOSE_UNAUTHORIZED, exc.message) from None
     except BadRequest as exc:
         raise Refusal(frames.CLOSE_BAD_REQUEST, exc.message) from None
@@ -240,7 +279,20 @@ def _admit(
     hub.add(conn)
     expiry.arm(conn, app[CONFIG].auth.jwt_leeway)
     counted = [(channel, hub.count_in(conn, channel)) for channel in channels]
-    log.info("connect %s user=%s ip=%s channels=%s", client_id, principal.sub, ip, channels)
+    log.info(
+        "connect %s user=%s ip=%s channels=%s",
+        client_id,
+        principal.sub,
+        ip,
+        channels,
+        extra={
+            "event": "connect",
+            "client_id": client_id,
+            "user": principal.sub,
+            "remote": ip,
+            "channels": channels,
+        },
+    )
     conn.send(
         frames.encode(
             "connection",
@@ -267,6 +319,7 @@ def _within_rate(conn: WsConnection, stats: HubStats) -> bool:
     if rate.take(now):
         return True
     assert rate.limited_since is not None
+    stats.rate_limited += 1
     if now - rate.limited_since >= FLOOD_GRACE_SECONDS:
         conn.drop("rate limit exceeded")
     else:

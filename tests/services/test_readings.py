@@ -202,10 +202,11 @@ def test_parse_time_refuses(value):
         parse_time(value)
 
 
-def test_iso_keeps_microseconds_only_when_present():
+def test_iso_has_milliseconds_like_every_other_timestamp():
     assert iso(NOW) == "2024-05-01T12:00:00.000Z"
     assert iso(NOW.replace(microsecond=250_000)) == "2024-05-01T12:00:00.250Z"
-    assert iso(NOW.replace(microsecond=1)) == "2024-05-01T12:00:00.000001Z"
+    assert iso(NOW.replace(microsecond=1)) == "2024-05-01T12:00:00.000Z"
+    assert iso(NOW.replace(microsecond=123_456)) == "2024-05-01T12:00:00.123Z"
 
 
 def test_a_batch_with_many_bad_items_reports_at_most_fifty():

@@ -136,7 +136,12 @@ async def test_unreachable_database_is_503_degraded_then_healthy_when_back(
     resp = await client.get("/test/probe")
     assert resp.status == 503
     assert await resp.json() == {
-        "error": {"code": "unavailable", "message": "database unavailable", "details": None}
+        "error": {
+            "code": "unavailable",
+            "message": "database unavailable",
+            "details": None,
+            "request_id": resp.headers["X-Request-ID"],
+        }
     }
     assert (await client.get("/api/v1/")).status == 200  # the server itself is fine
 
