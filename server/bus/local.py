@@ -29,7 +29,11 @@ class LocalBackend:
         history_size: int,
         history_ttl: float,
         keeps_history: Callable[[str], bool] = lambda channel: True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # History ages by this clock: a test moves it instead of patching time.monotonic,
+        # which would freeze the event loop's clock too.
+        self.clock = clock
         # A new epoch per process: offsets from a previous run cannot be trusted.
         self.epoch = secrets.token_hex(6)
         self.size = history_size
@@ -54,7 +58,7 @@ class LocalBackend:
         return state
 
     async def publish(self, publications: list[Publication]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         channels = self.channels
         for publication in publications:
             publication.epoch = self.epoch
@@ -84,7 +88,7 @@ class LocalBackend:
         assert state is not None
         if state.history is None:
             return Recovery([], False, position)
-        oldest_alive = time.monotonic() - self.ttl
+        oldest_alive = self.clock() - self.ttl
         missed = [
             pub
             for stamp, pub in zip(state.stamps, state.history, strict=True)
@@ -97,7 +101,7 @@ class LocalBackend:
     def trim(self) -> int:
         if not self.ttl:
             return 0
-        oldest_alive = time.monotonic() - self.ttl
+        oldest_alive = self.clock() - self.ttl
         dropped = 0
         for state in self.channels.values():
             history, stamps = state.history, state.stamps
