@@ -24,6 +24,7 @@ from tests.storage.conftest import PgSchema
 from tests.storage.tcp_proxy import TcpProxy
 
 MakeClient = Callable[[str], Awaitable[TestClient]]
+UNAVAILABLE = {"error": {"code": "unavailable", "message": "database unavailable", "details": None}}
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -110,17 +111,24 @@ async def test_killed_backends_recover_without_a_restart(
 ):
     client = await make_client(pg_schema.url)
     assert (await health(client))[0] == 200
+    opened = await pg_schema.backends()  # what the pool holds now, not what pool_min says
+    assert opened >= 1
 
-    assert await pg_schema.terminate_backends() >= 1
+    assert await pg_schema.terminate_backends() == opened
 
     # 200 at once (ping retried on a fresh connection) or 503 degraded for a moment;
     # never a 500, and healthy again with the same app.
     await until_healthy(client)
-    for _ in range(3):
-        assert (await health(client))[0] == 200
+    # Each killed connection may fail one statement before the pool replaces it, in
+    # whatever order the pool hands them out: at most `opened` 503s, in the error shape.
+    statuses = []
+    for _ in range(opened + 3):
         resp = await client.get("/test/probe")
-        assert resp.status == 200
-        assert await resp.json() == {"value": 1}
+        statuses.append(resp.status)
+        assert await resp.json() == ({"value": 1} if resp.status == 200 else UNAVAILABLE)
+    assert statuses.count(503) <= opened, statuses
+    assert statuses.count(200) >= 3, statuses
+    assert (await health(client))[0] == 200
 
 
 async def test_unreachable_database_is_503_degraded_then_healthy_when_back(
@@ -135,9 +143,7 @@ async def test_unreachable_database_is_503_degraded_then_healthy_when_back(
     assert status == 503
     resp = await client.get("/test/probe")
     assert resp.status == 503
-    assert await resp.json() == {
-        "error": {"code": "unavailable", "message": "database unavailable", "details": None}
-    }
+    assert await resp.json() == UNAVAILABLE
     assert (await client.get("/api/v1/")).status == 200  # the server itself is fine
 
     await proxy.start()
