@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 import server.storage.postgres as pg_backend
 from server.api.middleware import json_errors
 from server.app import create_app
-from server.keys import SERVICES
-from tests.conftest import make_config
+from server.keys import AUTH, SERVICES
+from tests.conftest import auth_header, make_config, open_ws
 from tests.storage.conftest import PgSchema
 from tests.storage.tcp_proxy import TcpProxy
 
@@ -168,3 +168,55 @@ async def test_database_that_stops_answering_is_503_within_the_ping_timeout(
     proxy.resume()
 
     await until_healthy(client)
+
+
+async def test_outage_under_a_running_server_on_shipped_paths_then_recovery(
+    make_client: MakeClient, pg_schema: PgSchema, proxy: TcpProxy
+):
+    """PostgreSQL cut (the proxy resets every connection and refuses new ones) under a
+    running server: shipped REST routes, WS requests and chat joins, not a test route."""
+    client = await make_client(through(pg_schema.url, proxy.port))
+    tok = client.app[AUTH].mint("ops", "admin")
+    native = await open_ws(client, f"/api/v1/ws?token={tok}")
+    list_sensors = {"type": "request", "id": 1, "resource": "sensors", "action": "list"}
+    assert (await native.request({**list_sensors, "payload": {}}))["type"] == "response"
+
+    await proxy.stop()
+
+    # A shipped REST route: 503 in the one error shape.
+    resp = await client.get("/api/v1/sensors", headers=auth_header(tok))
+    assert resp.status == 503
+    assert await resp.json() == UNAVAILABLE
+    # A WebSocket `request` on a socket opened before the outage: its error frame, and
+    # the socket stays usable. SPEC §4's frame codes have no `unavailable`: `internal`,
+    # with the same message as REST.
+    reply = await native.request({**list_sensors, "id": 2, "payload": {}})
+    assert {k: reply[k] for k in ("type", "id", "code", "message")} == {
+        "type": "error", "id": 2, "code": "internal", "message": "database unavailable",
+    }  # fmt: skip
+    await native.nothing()
+    # A chat join: the room works, and says its history could not be read.
+    joined = await open_ws(client, "/ws/outage?user_id=1&username=Ana", handshake=False)
+    await joined.recv_type("connection")
+    await joined.recv_type("connected")
+    assert (await joined.recv_type("subscribed"))["channel"] == "chat:outage"
+    error = await joined.recv_type("error")
+    assert (error["code"], error["message"]) == ("internal", "chat history is unavailable now")
+    await joined.nothing()
+    assert (await client.get("/api/v1/")).status == 200  # the server itself is fine
+
+    await proxy.start()
+
+    await until_healthy(client)
+    resp = await client.get("/api/v1/sensors", headers=auth_header(tok))
+    assert (resp.status, await resp.json()) == (200, {"items": [], "next_cursor": None})
+    reply = await native.request({**list_sensors, "id": 3, "payload": {}})
+    assert (reply["type"], reply["id"], reply["data"]) == (
+        "response", 3, {"items": [], "next_cursor": None}
+    )  # fmt: skip
+    await joined.send({"type": "message", "content": "back"})
+    assert (await joined.recv_type("message_sent"))["data"]["content"] == "back"
+    late = await open_ws(client, "/ws/outage?user_id=2&username=Bob")
+    history = await late.recv_type("message")
+    assert (history["data"]["content"], history["history"]) == ("back", True)
+    await late.nothing()  # no error frame this time
