@@ -52,6 +52,7 @@ if str(BENCH_DIR) not in sys.path:  # imported as a module rather than run as a 
 
 import ingest  # noqa: E402  (needs the sys.path line above)
 import loadgen as lg  # noqa: E402
+import parsing  # noqa: E402
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"
@@ -61,7 +62,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
 SERVERS = ("sensorcast", "reference")
-PHASES = ("fanout", "latency", "memory", "ingest")
+PHASES = ("fanout", "latency", "memory", "ingest", "parse")
 
 # Targets for Sensorcast / reference ratios (and one absolute bound).
 TARGET_CPU_RATIO = 0.8
@@ -869,6 +870,8 @@ def comparisons(
     )
     if "ingest" in p.phases:
         rows += ingest.comparison_rows((sc or {}).get("ingest"), ingest_params(p))
+    if "parse" in p.phases:
+        rows += parsing.comparison_rows((sc or {}).get("parse"))
     return rows
 
 
@@ -1035,6 +1038,8 @@ async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]
     sensorcast = results.get("sensorcast")
     if "ingest" in p.phases and sensorcast is not None and "error" not in sensorcast:
         results["sensorcast"]["ingest"] = await measure_ingest(p, cores[0])
+    if "parse" in p.phases and sensorcast is not None:
+        results["sensorcast"]["parse"] = parsing.measure()
     if "fanout" not in p.phases and "latency" not in p.phases:
         return results
     # Fan-out and latency: every server up at once (same core, only one loaded at a time)
