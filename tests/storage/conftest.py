@@ -237,4 +237,3 @@ async def migrated(storage: Storage) -> Storage:
     """`storage` with the repository's migrations applied."""
     await apply(storage)
     return storage
-

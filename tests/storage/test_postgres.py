@@ -40,10 +40,11 @@ async def test_malformed_url_is_one_line_storage_error_without_password(tmp_path
 
 async def test_unreachable_server_is_unavailable_with_password_redacted(tmp_path):
     # A port bound but not listening, held for the whole test: nobody else can take it.
-    with socket.socket() as sock, pytest.raises(StorageUnavailable) as caught:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        await open_storage(f"postgres://u:secret@127.0.0.1:{port}/db", base_dir=tmp_path)
+        with pytest.raises(StorageUnavailable) as caught:
+            await open_storage(f"postgres://u:secret@127.0.0.1:{port}/db", base_dir=tmp_path)
 
     message = str(caught.value)
     assert message.startswith(
