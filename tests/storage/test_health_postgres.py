@@ -74,16 +74,18 @@ async def health(client: TestClient) -> tuple[int, dict[str, Any]]:
     return resp.status, body
 
 
-async def until_healthy(client: TestClient, attempts: int = 50) -> list[int]:
-    """GET /health until it is 200; the statuses seen on the way."""
-    seen = []
-    for _ in range(attempts):
+async def until_healthy(client: TestClient, timeout: float = 15.0) -> list[int]:
+    """GET /health until it is 200 (a deadline, not a count of tries that a slow machine
+    uses up sooner); the statuses seen on the way."""
+    seen: list[int] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
         status, _ = await health(client)
         seen.append(status)
         if status == 200:
             return seen
         await asyncio.sleep(0.1)
-    raise AssertionError(f"/health never recovered: {seen}")
+    raise AssertionError(f"/health never recovered within {timeout}s: {seen}")
 
 
 async def test_app_migrates_into_its_own_schema_and_is_healthy(
