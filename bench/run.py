@@ -52,6 +52,7 @@ if str(BENCH_DIR) not in sys.path:  # imported as a module rather than run as a 
 
 import ingest  # noqa: E402  (needs the sys.path line above)
 import loadgen as lg  # noqa: E402
+import mqtt  # noqa: E402
 import parsing  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -62,7 +63,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
 SERVERS = ("sensorcast", "reference")
-PHASES = ("fanout", "latency", "memory", "ingest", "parse")
+PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "parse")
 
 # Targets for Sensorcast / reference ratios (and one absolute bound).
 TARGET_CPU_RATIO = 0.8
@@ -870,6 +871,8 @@ def comparisons(
     )
     if "ingest" in p.phases:
         rows += ingest.comparison_rows((sc or {}).get("ingest"), ingest_params(p))
+    if "mqtt" in p.phases:
+        rows += mqtt.comparison_rows((sc or {}).get("mqtt"))
     if "parse" in p.phases:
         rows += parsing.comparison_rows((sc or {}).get("parse"))
     return rows
@@ -963,7 +966,7 @@ def parse_args(argv: list[str]) -> tuple[Params, argparse.Namespace]:
     )
     parser.add_argument("--quick", action="store_true", help="shorter run (~1.5 min)")
     parser.add_argument(
-        "--only", default=",".join(PHASES), help="phases: fanout,latency,memory,ingest"
+        "--only", default=",".join(PHASES), help="phases: fanout,latency,memory,ingest,mqtt,parse"
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="sensorcast,reference")
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers (default 1000)")
@@ -1038,6 +1041,8 @@ async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]
     sensorcast = results.get("sensorcast")
     if "ingest" in p.phases and sensorcast is not None and "error" not in sensorcast:
         results["sensorcast"]["ingest"] = await measure_ingest(p, cores[0])
+    if "mqtt" in p.phases and sensorcast is not None and "error" not in sensorcast:
+        results["sensorcast"]["mqtt"] = await mqtt.measure(running, cores[0])
     if "parse" in p.phases and sensorcast is not None:
         results["sensorcast"]["parse"] = parsing.measure()
     if "fanout" not in p.phases and "latency" not in p.phases:

@@ -20,12 +20,13 @@ from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
+from server.ingest.mqtt import mqtt_ctx
 from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
 from server.storage.readings import delete_readings_before
-from server.ws import chat, commands
+from server.ws import chat, commands, expiry
 from server.ws.endpoint import close_all
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,15 @@ def create_app(config: Config) -> web.Application:
         config,
         app[OPERATIONS],
         services=lambda: app[SERVICES],
-        commands=(*commands.COMMANDS, *chat.COMMANDS, *seed001.COMMANDS),
+        commands=(*commands.COMMANDS, *chat.COMMANDS, *expiry.COMMANDS, *seed001.COMMANDS),
         adopt=seed001.adopt,
+        auth=app[AUTH],
     )
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    if config.mqtt.enabled:
+        app.cleanup_ctx.append(mqtt_ctx)
     app.on_shutdown.append(close_all)
     if config.auth.anonymous_writes:
         log.warning("auth.anonymous_writes is on: anyone who can reach this server may write")

@@ -22,6 +22,17 @@ from server.errors import Forbidden, Unauthorized
 log = logging.getLogger(__name__)
 
 SECRET_FILE = "jwt_secret"
+# Anonymous sockets' identities (presence, chat authorship, read receipts) are this prefix
+# + their label: a `?user_id=1` label can then never be, or merge with, authenticated user
+# "1". A token whose subject starts with it is refused, so the two never meet.
+ANONYMOUS_KEY_PREFIX = "anonymous:"
+
+
+def identity_label(key: str | None) -> tuple[str | None, bool]:
+    """A stored identity key -> (the id to display, whether it is an anonymous label)."""
+    if key is not None and key.startswith(ANONYMOUS_KEY_PREFIX):
+        return key[len(ANONYMOUS_KEY_PREFIX) :], True
+    return key, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,8 @@ class Principal:
     name: str | None = None
     # A token's `channels` claim: glob patterns it may subscribe to; None = no narrowing.
     channels: tuple[str, ...] | None = None
+    # A JWT's `exp` (Unix seconds); None for API tokens and anonymous callers.
+    exp: float | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -132,6 +145,8 @@ class Authenticator:
             raise Unauthorized("token expired") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
+        if str(claims["sub"]).startswith(ANONYMOUS_KEY_PREFIX):
+            raise Unauthorized(f"invalid token: sub may not start with {ANONYMOUS_KEY_PREFIX!r}")
         role = claims.get("role")
         if role not in ("admin", "service", "user", "device"):
             raise Unauthorized("invalid token: unknown role")
@@ -146,6 +161,7 @@ class Authenticator:
             role=role,
             name=str(name) if name is not None else None,
             channels=tuple(channels) if channels is not None else None,
+            exp=float(claims["exp"]),
         )
 
     def mint(

@@ -25,8 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="apply pending database migrations")
     m.add_argument("--dry-run", action="store_true", help="list pending migrations only")
     t = sub.add_parser("token", help="mint a JWT (prints only the token)")
-    t.add_argument("--role", required=True, choices=ROLES)
-    t.add_argument("--sub", default="cli", help="subject (user id), default: cli")
+    t.add_argument("--role", choices=ROLES, help="required, except with --user")
+    who = t.add_mutually_exclusive_group()
+    who.add_argument("--sub", help="subject, taken as it is (a service name), default: cli")
+    who.add_argument(
+        "--user",
+        metavar="NAME",
+        help="a login user's token: sub is its id (as its login token), role its role",
+    )
     t.add_argument("--name", help="display name claim")
     t.add_argument("--ttl", type=float, default=3600, help="seconds until expiry (3600)")
     t.add_argument("--channels", help="comma-separated channel patterns the token is limited to")
@@ -157,11 +163,39 @@ def token(config: Config, args: argparse.Namespace) -> int:
 
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     auth = Authenticator(config.auth, config.var_dir, config.base_dir)
+    sub, role, name = args.sub or "cli", args.role, args.name
+    if args.user is not None:
+        # The same user:{id} as that user's login token: one person, one identity.
+        found = _login_user(config, args.user)
+        sub, role, name = str(found["id"]), role or found["role"], name or found["username"]
+    elif role is None:
+        raise _Fatal("token: --role is required (or --user NAME for a login user's token)")
     try:
-        print(auth.mint(args.sub, args.role, args.ttl, name=args.name, channels=channels))
+        print(auth.mint(sub, role, args.ttl, name=name, channels=channels))
     except RuntimeError as exc:
         raise _Fatal(str(exc)) from None
     return 0
+
+
+def _login_user(config: Config, username: str) -> dict[str, Any]:
+    from server.errors import ApiError
+    from server.services.users import UsersService
+    from server.storage import StorageError, open_storage
+
+    async def run() -> dict[str, Any]:
+        db = config.database
+        storage = await open_storage(db.url, base_dir=config.base_dir, pool_min=1, pool_max=1)
+        try:
+            return await UsersService(storage).get(username)
+        finally:
+            await storage.close()
+
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        raise _Fatal(exc.message) from None
+    except StorageError as exc:
+        raise _Fatal(str(exc)) from None
 
 
 def _read_password(args: argparse.Namespace) -> str:

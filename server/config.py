@@ -19,7 +19,10 @@ import orjson
 import yaml
 from marshmallow import ValidationError, validate
 
+from server.channel_names import check_channel
 from server.config_schema import first_error, schema_for
+from server.errors import BadRequest
+from server.mqtt_topics import TopicError, broker_address, compile_pattern
 
 ENV_PREFIX = "SENSORCAST_"
 # Reserved for the test suite's own knobs (database URLs and the like).
@@ -32,10 +35,12 @@ class ConfigError(Exception):
     """A bad setting; str() is one line naming the key and the problem."""
 
 
-def setting(default: Any, check: validate.Validator | None = None) -> Any:
+def setting(default: Any, check: validate.Validator | None = None, *, upper: bool = False) -> Any:
+    """A setting's default and check; `upper`: a choice given in any case (`warning`)."""
+    metadata = {"check": check, "upper": upper}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
-    return field(default=default, metadata={"check": check})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,14 @@ class DatabaseConfig:
 class BusConfig:
     # Only the in-process backend exists so far; `redis` arrives with scale-out.
     backend: Literal["local"] = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    # Read by the Redis bus (bus.backend: redis); accepted now so deployments can set it.
+    url: str = "redis://127.0.0.1:6379/0"
+    # Seconds after which a dead instance's presence entries expire (SPEC §7).
+    presence_ttl: float = setting(30.0, validate.Range(min=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,9 @@ class AuthConfig:
     api_tokens: list[ApiToken] = setting([])
     # Lifetime of the tokens POST /api/v1/auth/login issues, in seconds.
     login_ttl: float = setting(3600.0, validate.Range(min=1))
+    # Login attempts per minute per client IP and per username (429 past them); 0 = off.
+    login_rate_per_ip: int = setting(30, validate.Range(min=0))
+    login_rate_per_user: int = setting(10, validate.Range(min=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +185,9 @@ class NotificationsConfig:
 
 @dataclass(frozen=True, slots=True)
 class CompatConfig:
-    # /ws/{x}: a chat room (seeds 000 and 002, the default) or a client id (seed 003, whose
-    # room is `?room=`).
-    ws_path: Literal["room", "client_id"] = "room"
+    # /ws/{x}: a chat room (seeds 000 and 002, the default), a client id (seed 003, whose
+    # room is `?room=`), or a room speaking seed 002's protocol exactly (`seed002`).
+    ws_path: Literal["room", "client_id", "seed002"] = "room"
     # Seed 001's `GET /ws`: seconds without a client frame before the socket is closed
     # (4008 "idle timeout"), as that seed did after 5 minutes; 0 = never.
     idle_timeout: float = setting(300.0, validate.Range(min=0))
@@ -185,8 +201,30 @@ class RetentionConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", upper=True)
     format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """Device ingest from an MQTT broker (SPEC §11); off unless enabled."""
+
+    enabled: bool = False
+    # mqtt://host:port, or mqtts:// for TLS (port 8883 unless given).
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""
+    password: str = ""
+    # Empty: sensorcast-<host>-<port>. It names the broker session that keeps
+    # unacknowledged messages across a restart, so it must be stable and unique.
+    client_id: str = ""
+    qos: int = setting(1, validate.OneOf([0, 1, 2]))
+    # `{sensor_id}` (a whole level) names the sensor; `+` and `#` are allowed elsewhere.
+    topics: list[str] = setting(["sensors/{sensor_id}/readings"])
+    dead_letter_topic: str = ""
+    # Messages stored and published as one batch at most (as one REST batch).
+    max_batch: int = setting(1000, validate.Range(min=1, max=10_000))
+    # Reconnect backoff: doubles from 0.5 s up to this many seconds.
+    reconnect_max: float = setting(30.0, validate.Range(min=0.5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +232,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     ws: WsConfig = field(default_factory=WsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -203,6 +242,7 @@ class Config:
     compat: CompatConfig = field(default_factory=CompatConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     # Directory of the config file: relative paths (SQLite file, var/) resolve against it.
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -296,6 +336,10 @@ def _check_cross_field(config: Config) -> None:
                         f"channels.namespaces.{ns}.{action}: unknown role {role!r} "
                         f"(one of {', '.join((*ROLES, ANONYMOUS))})"
                     )
+    for i, api_token in enumerate(config.auth.api_tokens):
+        # The prefix names anonymous sockets' identities (server.auth): never a token's.
+        if api_token.name.startswith(ANONYMOUS + ":"):
+            raise ConfigError(f"auth.api_tokens.{i}.name: may not start with 'anonymous:'")
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min: must not exceed database.pool_max")
     url = config.database.url
@@ -303,10 +347,31 @@ def _check_cross_field(config: Config) -> None:
         raise ConfigError(
             "database.url: must be sqlite:///PATH or postgresql://user:pass@host:port/db"
         )
+    _check_mqtt(config.mqtt)
     if config.auth.jwt_algorithm != "HS256" and not config.auth.jwt_public_key:
         raise ConfigError(
             f"auth.jwt_public_key: required with jwt_algorithm {config.auth.jwt_algorithm}"
         )
+
+
+def _check_mqtt(mqtt: MqttConfig) -> None:
+    try:
+        broker_address(mqtt.url)
+    except TopicError as exc:
+        raise ConfigError(f"mqtt.url: {exc}") from None
+    if not mqtt.topics:
+        raise ConfigError("mqtt.topics: at least one topic pattern is required")
+    for i, pattern in enumerate(mqtt.topics):
+        try:
+            compile_pattern(pattern)
+        except TopicError as exc:
+            raise ConfigError(f"mqtt.topics.{i}: {exc}") from None
+    dead_letter = mqtt.dead_letter_topic
+    if any(c in dead_letter for c in "+#"):
+        raise ConfigError("mqtt.dead_letter_topic: a topic to publish to has no wildcards")
+    if dead_letter and any(compile_pattern(t).match(dead_letter)[0] for t in mqtt.topics):
+        # The bridge would read back its own dead letters, and refuse them again.
+        raise ConfigError("mqtt.dead_letter_topic: must not match one of mqtt.topics")
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -314,10 +379,6 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 def _check_routes(notifications: NotificationsConfig) -> None:
     """Every route's channel, with its placeholders filled, must be a valid channel name."""
-    # Imported here: channels.py reads its own section's type from this module.
-    from server.channels import check_channel
-    from server.errors import BadRequest
-
     where = "notifications.default_channel"
     try:
         check_channel(notifications.default_channel)

@@ -23,7 +23,17 @@ class WholeNumber(fields.Integer):
         return super()._validated(value)
 
 
-def _marshmallow_field(tp: Any, check: validate.Validator | None) -> fields.Field:
+class UpperChoice(fields.String):
+    """A Literal choice given in any case: `warning` is `WARNING`."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text.upper()
+
+
+def _marshmallow_field(
+    tp: Any, check: validate.Validator | None, upper: bool = False
+) -> fields.Field:
     origin = typing.get_origin(tp)
     kw: dict[str, Any] = {"required": False}
     if check is not None:
@@ -37,7 +47,8 @@ def _marshmallow_field(tp: Any, check: validate.Validator | None) -> fields.Fiel
     if tp is str:
         return fields.String(**kw)
     if origin is Literal:
-        return fields.String(validate=validate.OneOf(typing.get_args(tp)), required=False)
+        kind = UpperChoice if upper else fields.String
+        return kind(validate=validate.OneOf(typing.get_args(tp)), required=False)
     if origin is list:
         (item,) = typing.get_args(tp)
         inner = (
@@ -57,7 +68,9 @@ def schema_for(cls: type) -> Schema:
     """A marshmallow schema that loads a mapping into an instance of dataclass `cls`."""
     hints = typing.get_type_hints(cls)
     attrs: dict[str, Any] = {
-        f.name: _marshmallow_field(hints[f.name], f.metadata.get("check"))
+        f.name: _marshmallow_field(
+            hints[f.name], f.metadata.get("check"), f.metadata.get("upper", False)
+        )
         for f in dataclasses.fields(cls)
     }
 

@@ -33,11 +33,19 @@ class Snapshot:
 
 @dataclass(slots=True)
 class Member:
-    """One user on a presence channel, however many sockets (tabs) they have there."""
+    """One user on a presence channel, however many sockets (tabs) they have there.
+
+    `key` is the identity (Connection.member_id: anonymous labels are prefixed, so they
+    never merge with a token's user); `user_id` is what clients are shown."""
 
     user_id: str
     username: str
     sockets: int = 0
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.user_id
 
     def public(self) -> dict[str, str]:
         return {"user_id": self.user_id, "username": self.username}
@@ -60,6 +68,7 @@ class Hub:
         self.channels: dict[str, set[Connection]] = {}
         # channel -> member id -> Member, for channels whose namespace has presence on.
         self.presence: dict[str, dict[str, Member]] = {}
+        # Connection.client_key (client_id within its principal's scope) -> its socket.
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
         self.stats = HubStats()
@@ -70,7 +79,7 @@ class Hub:
     # -- connections -------------------------------------------------------------------
 
     def add(self, conn: Connection) -> None:
-        self.clients[conn.client_id] = conn
+        self.clients[conn.client_key] = conn
         self.per_ip[conn.ip] += 1
         self.stats.connections_total += 1
 
@@ -87,8 +96,8 @@ class Hub:
             if member is not None:
                 gone.append((channel, member))
         conn.subscriptions.clear()
-        if self.clients.get(conn.client_id) is conn:
-            del self.clients[conn.client_id]
+        if self.clients.get(conn.client_key) is conn:
+            del self.clients[conn.client_key]
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
@@ -226,7 +235,9 @@ class Hub:
         members = self.presence.setdefault(channel, {})
         member = members.get(conn.member_id)
         if member is None:
-            member = members[conn.member_id] = Member(conn.member_id, conn.member_name)
+            member = members[conn.member_id] = Member(
+                conn.member_label, conn.member_name, key=conn.member_id
+            )
         member.sockets += 1
         return member if member.sockets == 1 else None
 
@@ -246,7 +257,7 @@ class Hub:
 
     async def _announce(self, channel: str, kind: str, member: Member) -> None:
         await self.bus.publish_ephemeral(
-            channel, kind, {"data": member.public()}, exclude=member.user_id
+            channel, kind, {"data": member.public()}, exclude=member.key
         )
 
     def members(self, channel: str) -> list[Member]:
@@ -361,13 +372,3 @@ class Hub:
             data = pub.translated(conn.dialect, channel)
             return int(data is not None and conn.write(frames.text_frame(data), data))
         return int(conn.write(wire, pub.payload(channel)))
-
-    # -- introspection -------------------------------------------------------------------
-
-    def channel_stats(self, channel: str) -> dict[str, Any]:
-        subs = self.channels.get(channel, ())
-        return {
-            "channel": channel,
-            "subscribers": len(subs),
-            "users": sorted({c.principal.sub for c in subs}),
-        }

@@ -8,12 +8,14 @@ import aiojobs
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from server.api.auth import LoginLimits
     from server.api.operations import Operation
     from server.auth import Authenticator
     from server.bus import Bus
     from server.channels import ChannelPolicy
     from server.config import Config
     from server.hub import Hub
+    from server.ingest.mqtt import MqttBridge
     from server.services import Services
     from server.ws.commands import Dispatcher
 
@@ -25,5 +27,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 OPERATIONS: web.AppKey[dict[tuple[str, str], Operation]] = web.AppKey("operations")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+LOGIN_LIMITS: web.AppKey[LoginLimits] = web.AppKey("login_limits")
 OPENAPI = web.AppKey("openapi", bytes)
 JOBS = web.AppKey("jobs", aiojobs.Scheduler)
+MQTT: web.AppKey[MqttBridge] = web.AppKey("mqtt")

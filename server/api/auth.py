@@ -16,12 +16,37 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate
 
 from server import codec
+from server.api.middleware import RestLimiter
 from server.api.respond import json_response
+from server.config import AuthConfig
 from server.errors import InvalidJson, Unavailable, ValidationFailed
-from server.keys import AUTH, CONFIG, SERVICES
+from server.keys import AUTH, CONFIG, LOGIN_LIMITS, SERVICES
 from server.services.users import MAX_PASSWORD_LENGTH
 
 LOGIN_PATH = "/api/v1/auth/login"
+# Seed 004 tells its clients to get a JWT here.
+SEED_LOGIN_PATH = "/auth/login"
+
+
+class LoginLimits:
+    """Attempts per minute per client IP and per username, before any password is hashed:
+    each attempt costs ~50 ms of scrypt, so the generic REST limit alone would let a few
+    clients pin the CPU (or guess one account's password from many addresses). Each table
+    is a RestLimiter: bounded however many addresses or names are tried."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        def per_minute(n: int) -> RestLimiter | None:
+            return RestLimiter(n / 60.0, n) if n else None
+
+        self.by_ip = per_minute(config.login_rate_per_ip)
+        self.by_user = per_minute(config.login_rate_per_user)
+
+    def check(self, ip: str, username: str) -> None:
+        """RateLimited (429 with Retry-After) when either limit is spent."""
+        if self.by_ip is not None:
+            self.by_ip.check(ip)
+        if self.by_user is not None:
+            self.by_user.check(username.casefold())
 
 
 class LoginIn(Schema):
@@ -55,6 +80,7 @@ async def login(request: web.Request) -> web.Response:
     if not auth.can_mint:
         raise Unavailable(f"login is off: this server only verifies {auth.algorithm} tokens")
     body = await _body(request)
+    request.app[LOGIN_LIMITS].check(request.remote or "unknown", body["username"])
     user = await request.app[SERVICES].users.authenticate(body["username"], body["password"])
     token, exp = auth.mint_expiring(
         str(user["id"]), user["role"], request.app[CONFIG].auth.login_ttl, name=user["username"]

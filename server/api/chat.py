@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from server.api.operations import Ctx, operation
+from server.api.stats_view import connected_at
 from server.auth import WRITE_ROLES
 from server.services.chat import history_page_before, room_channel, validate_room
 
@@ -60,29 +61,46 @@ def _text_of(data: dict[str, Any]) -> str | None:
 
 @operation("rooms", "list", "GET", "/api/v1/rooms")
 async def list_rooms(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
-    """Rooms that have history or members now, with counts."""
-    return await ctx.services.chat.rooms()
+    """Rooms that have history or members now, with counts (those the caller may read)."""
+    page = await ctx.services.chat.rooms()
+    items = [r for r in page["items"] if ctx.policy.can_read(ctx.principal, r["channel"])]
+    return {**page, "items": items}
 
 
 @operation("rooms", "connections", "GET", "/api/v1/rooms/{room}/connections", schema=RoomIn)
 async def room_connections(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
-    """Who is in a room: one entry per user, with how many sockets (tabs) they have there."""
+    """Who is in a room: `items` one per socket; `users` one per user with their count."""
     room = args["room"]
+    channel = room_channel(room)
+    ctx.policy.check_read(ctx.principal, channel)
     members = ctx.services.chat.members(room)
-    sockets = sorted(ctx.hub.channels.get(room_channel(room), ()), key=lambda c: c.client_id)
+    sockets = sorted(ctx.hub.channels.get(channel, ()), key=lambda c: c.client_id)
+    items = [
+        {
+            "client_id": c.client_id,
+            "user_id": c.member_label,
+            "username": c.member_name,
+            "connected_at": connected_at(c),
+        }
+        for c in sockets
+    ]
     return {
+        # One page holds every socket of the room: presence is in memory, never paged.
+        "items": items,
+        "next_cursor": None,
         "room": room,
-        "channel": room_channel(room),
+        "channel": channel,
         "users": [{**m.public(), "connections": m.sockets} for m in members],
         "count": len(members),
         "connections": sum(m.sockets for m in members),
-        "clients": [{"client_id": c.client_id, "user_id": c.member_id} for c in sockets],
+        "clients": [{"client_id": c.client_id, "user_id": c.member_label} for c in sockets],
     }
 
 
 @operation("messages", "list", "GET", "/api/v1/messages/{room}", schema=HistoryQuery)
 async def list_messages(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     """A room's history, newest first (50 by default); `before` or `cursor` pages back."""
+    ctx.policy.check_read(ctx.principal, room_channel(args["room"]))
     return await ctx.services.chat.history(args["room"], args["limit"], history_page_before(args))
 
 

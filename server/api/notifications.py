@@ -8,7 +8,7 @@ from marshmallow import Schema, fields, validate
 
 from server.api.operations import Ctx, operation
 from server.auth import WRITE_ROLES
-from server.channels import validate_channel
+from server.channel_names import validate_channel
 
 
 class NotifyIn(Schema):
@@ -45,11 +45,13 @@ async def notify(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
 
 @operation("notifications", "list", "GET", "/api/v1/notifications", schema=NotificationQuery)
 async def list_notifications(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
-    """Stored notifications newest first; another user's private ones are not shown."""
-    principal = ctx.principal
-    sees_all = principal.role in WRITE_ROLES
-    viewer = None if principal.anonymous else principal.sub
-    return await ctx.services.notifications.history(args, viewer, sees_all)
+    """Stored notifications newest first, of the channels the caller may read."""
+    principal, policy = ctx.principal, ctx.policy
+    if args["channel"] is not None:
+        policy.check_read(principal, args["channel"])
+    return await ctx.services.notifications.history(
+        args, lambda channel: policy.can_read(principal, channel)
+    )
 
 
 OPERATIONS = (notify, list_notifications)

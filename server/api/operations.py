@@ -17,6 +17,7 @@ from server.auth import Principal, require_role
 from server.errors import ValidationFailed
 
 if TYPE_CHECKING:
+    from server.channels import ChannelPolicy
     from server.config import Config
     from server.hub import Hub
     from server.services import Services
@@ -30,6 +31,8 @@ class Ctx:
     services: Services
     hub: Hub
     config: Config
+    # The one read check (server.channels): history and stats operations ask it.
+    policy: ChannelPolicy
 
 
 Handler = Callable[[Ctx, dict[str, Any]], Awaitable[Any]]

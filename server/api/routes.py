@@ -22,7 +22,7 @@ from server.api.respond import JSON, json_response
 from server.compat import seed001
 from server.compat.routes import seed_routes
 from server.errors import BadRequest, InvalidJson, ValidationFailed
-from server.keys import CONFIG, HUB, OPENAPI, OPERATIONS, SERVICES
+from server.keys import CONFIG, HUB, LOGIN_LIMITS, OPENAPI, OPERATIONS, POLICY, SERVICES
 from server.ws import endpoint
 
 OPERATION_FUNCTIONS = (
@@ -59,7 +59,7 @@ def rest_handler(op: Operation, status: int | None = None) -> Any:
 
     async def handle(request: web.Request) -> web.Response:
         app = request.app
-        ctx = Ctx(request_principal(request), app[SERVICES], app[HUB], app[CONFIG])
+        ctx = Ctx(request_principal(request), app[SERVICES], app[HUB], app[CONFIG], app[POLICY])
         # Who may call comes first: a caller without the role learns nothing about its input.
         op.authorize(ctx)
         raw: dict[str, Any] = dict(request.query)
@@ -114,7 +114,9 @@ def setup_routes(app: web.Application) -> None:
         router.add_get("/api/v1/health", json_errors(system.health)),
         router.add_get("/api/v1/openapi.json", json_errors(openapi)),
         router.add_post(auth.LOGIN_PATH, json_errors(auth.login)),
+        router.add_post(auth.SEED_LOGIN_PATH, json_errors(auth.login)),
     ]
+    app[LOGIN_LIMITS] = auth.LoginLimits(app[CONFIG].auth)
     for op in operations.values():
         routes.append(router.add_route(op.method, op.path, rest_handler(op)))
     # WebSocket routes: Origin is checked by the endpoint itself, before the upgrade.

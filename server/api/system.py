@@ -11,9 +11,10 @@ from marshmallow import Schema, fields, validate
 from server import __version__, codec
 from server.api.operations import Ctx, operation
 from server.api.respond import json_response
+from server.api.stats_view import StatsView
 from server.auth import WRITE_ROLES
-from server.channels import validate_channel
-from server.keys import CONFIG, HUB, SERVICES
+from server.channel_names import validate_channel
+from server.keys import CONFIG, HUB, MQTT, SERVICES
 from server.services.chat import room_of
 from server.storage import StorageError
 
@@ -23,7 +24,12 @@ class ChannelIn(Schema):
 
 
 class EventIn(ChannelIn):
-    event = fields.Dict(required=True, metadata={"description": "the event object"})
+    event = fields.Dict(
+        required=True,
+        # An empty body would publish `{}`: nothing a subscriber could act on.
+        validate=validate.Length(min=1, error="the event must be a non-empty JSON object"),
+        metadata={"description": "the event object"},
+    )
 
 
 LEVELS = ("info", "warning", "error")
@@ -37,15 +43,28 @@ class TestEventIn(Schema):
     )
 
 
+def _view(ctx: Ctx) -> StatsView:
+    return StatsView(ctx.principal, ctx.policy)
+
+
+def _channel_stats(ctx: Ctx, view: StatsView, channel: str) -> dict[str, Any]:
+    subs = ctx.hub.channels.get(channel, ())
+    return {"channel": channel, "subscribers": len(subs), "users": view.users(subs)}
+
+
 @operation("stats", "get", "GET", "/api/v1/stats")
 async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
-    """Connections, channels with subscribers and users, message counters."""
+    """Connections, channels with subscribers and users, message counters (only the
+    channels the caller may read)."""
     hub = ctx.hub
     s = hub.stats
+    view = _view(ctx)
     return {
         "connections": len(hub.clients),
         "connections_total": s.connections_total,
-        "channels": {ch: hub.channel_stats(ch) for ch in sorted(hub.channels)},
+        "channels": {
+            ch: _channel_stats(ctx, view, ch) for ch in sorted(hub.channels) if view.channel(ch)
+        },
         "messages_in": s.messages_in,
         "messages_out": s.messages_out,
         "publications": s.publications,
@@ -54,20 +73,23 @@ async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
         "rooms": {
             room: {"users": len(members), "connections": sum(m.sockets for m in members.values())}
             for channel, members in sorted(hub.presence.items())
-            if (room := room_of(channel)) is not None
+            if (room := room_of(channel)) is not None and view.channel(channel)
         },
         "chat_messages": ctx.services.chat.messages_stored,
         "notifications_sent": ctx.services.notifications.sent,
         "uptime": round(time.monotonic() - ctx.hub.started_at, 3),
+        **{name: report() for name, report in ctx.services.reporters.items()},
     }
 
 
 @operation("stats", "channel", "GET", "/api/v1/stats/channels/{channel}", schema=ChannelIn)
 async def get_channel_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
-    """Subscribers, users and position of one channel."""
+    """Subscribers, users and position of one channel (one the caller may read)."""
     channel = args["channel"]
+    ctx.policy.check_read(ctx.principal, channel)
     position = await ctx.hub.bus.position(channel)
-    return {**ctx.hub.channel_stats(channel), "offset": position.offset, "epoch": position.epoch}
+    stats = _channel_stats(ctx, _view(ctx), channel)
+    return {**stats, "offset": position.offset, "epoch": position.epoch}
 
 
 @operation(
@@ -126,6 +148,13 @@ async def health(request: web.Request) -> web.Response:
     except StorageError as exc:
         checks["database"] = {"status": "down", "error": str(exc)}
     checks["bus"] = {"status": "ok", "backend": request.app[CONFIG].bus.backend}
+    if (bridge := request.app.get(MQTT)) is not None:
+        mqtt = bridge.describe()
+        checks["mqtt"] = {
+            "status": "ok" if mqtt["state"] == "connected" else "down",
+            "broker": mqtt["broker"],
+            **({"error": mqtt["last_error"]} if mqtt["last_error"] else {}),
+        }
     healthy = all(c["status"] == "ok" for c in checks.values())
     body = {
         "status": "healthy" if healthy else "degraded",

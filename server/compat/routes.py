@@ -24,8 +24,11 @@ def seed_routes(app: web.Application, rest_view: Handler | None) -> list[web.Abs
     ]
     if rest_view is not None:
         added.append(router.add_post("/notify", rest_view))
-    if app[CONFIG].compat.ws_path == "client_id":
+    ws_path = app[CONFIG].compat.ws_path
+    if ws_path == "client_id":
         key, socket = "client_id", endpoint.route(seed003.Seed003Entry())
+    elif ws_path == "seed002":
+        key, socket = "room", endpoint.route(seed002.Seed002Entry())
     else:
         key, socket = "room", endpoint.route(seed002.ChatRoomEntry())
     stats = json_errors(seed002.ws_stats)

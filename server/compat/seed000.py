@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from server.api.respond import json_response
+from server.api.stats_view import caller_view
 from server.compat.views import rooms
 from server.keys import HUB
 
@@ -15,7 +16,8 @@ from server.keys import HUB
 async def status(request: web.Request) -> web.Response:
     """Every room with its connections and users, and the totals."""
     hub = request.app[HUB]
-    by_room = rooms(hub)
+    # Members as the room's presence shows them, of the rooms the caller may read.
+    by_room = rooms(hub, caller_view(request))
     return json_response(
         {
             "status": "running",

@@ -106,12 +106,24 @@ class Seed001Dialect(Dialect):
         if kind == "error":
             error = {k: frame.get(k) for k in ("code", "message", "details")}
             return _reply("error", frame, error)
+        if kind == "event" and _notify_event(frame.get("data")):
+            # The seed backend's notify_event(X, data), posted as {"type": X, "data": data}
+            # to /api/v1/events/{channel}: its clients listen for X itself (SPEC §10).
+            event = frame["data"]
+            return _event(frame, event["type"], event["data"])
         if kind == "message":
             if frame.get("history"):
                 # Replayed on join; the seed's clients read history with `messages get_all`.
                 return None
             return _event(frame, "new_message", seed_message(frame["data"]))
         return _event(frame, str(kind), {k: v for k, v in frame.items() if k not in _ENVELOPE})
+
+
+def _notify_event(data: Any) -> bool:
+    """Whether an `event`'s data is a seed notify_event: exactly {type: str, data}."""
+    return (
+        isinstance(data, dict) and data.keys() == {"type", "data"} and isinstance(data["type"], str)
+    )
 
 
 def _reply(kind: str, frame: dict[str, Any], payload: Any) -> dict[str, Any]:
@@ -160,7 +172,7 @@ async def _enter(session: Session, room: str) -> None:
     channel = room_channel(room)
     if channel in conn.subscriptions:
         return
-    if not dispatcher.policy.can_subscribe(conn.principal, channel):
+    if not dispatcher.policy.can_read(conn.principal, channel):
         raise Forbidden(f"not allowed to join {channel}")
     await dispatcher.join(conn, channel)
 
@@ -171,7 +183,7 @@ async def _run(session: Session, frame_id: Any, resource: str, action: str, args
     await native_request.fn(session, native)
 
 
-@command(REQUEST_TYPE, SeedRequestFrame)
+@command(REQUEST_TYPE, SeedRequestFrame, internal=True)
 async def seed_request(session: Session, frame: dict[str, Any]) -> None:
     conn = session.conn
     if not isinstance(conn.dialect, Seed001Dialect):
@@ -187,6 +199,8 @@ async def seed_request(session: Session, frame: dict[str, Any]) -> None:
         session.reply("response", frame_id, data={"conversations": conversations})
     elif resource == "conversations" and action == "get":
         room = _conversation_id({"conversation_id": args.get("conversation_id", args.get("id"))})
+        # The one read check before anything of the room is told.
+        session.dispatcher.policy.check_read(conn.principal, room_channel(room))
         rooms = await operations[("rooms", "list")].run(ctx, {})
         found = [r for r in rooms["items"] if r["room"] == room]
         if not found:

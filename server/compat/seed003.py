@@ -16,11 +16,11 @@ from multidict import MultiDict
 
 from server.api.middleware import json_errors, request_principal
 from server.api.respond import json_response
-from server.auth import WRITE_ROLES, Principal
-from server.channels import parse_channel_list
+from server.api.stats_view import caller_view, connected_at
+from server.auth import Principal
+from server.channel_names import parse_channel_list
 from server.compat import Dialect
-from server.compat.views import connected_at
-from server.keys import HUB, SERVICES
+from server.keys import HUB, POLICY, SERVICES
 from server.services.chat import check_room, last_room, room_channel, room_of
 from server.ws.endpoint import Entry
 
@@ -97,16 +97,19 @@ class Seed003Entry(Entry):
 
 async def stats(request: web.Request) -> web.Response:
     hub = request.app[HUB]
+    view = caller_view(request)
     rooms: dict[str, int] = {}
     clients = []
     for conn in hub.clients.values():
         room = last_room(conn.subscriptions)
+        if room is not None and not view.room(room):
+            room = None
         if room is not None:
             rooms[room] = rooms.get(room, 0) + 1
         clients.append(
             {
-                "client_id": conn.client_id,
-                "user_id": conn.member_id,
+                "client_id": view.client_id(conn),
+                "user_id": view.member(conn),
                 "room": room,
                 "connected_at": connected_at(conn),
             }
@@ -124,9 +127,9 @@ async def stats(request: web.Request) -> web.Response:
 async def history(request: web.Request) -> web.Response:
     """The last 100 notifications the caller may see, newest first, as seed 003 lists them."""
     principal = request_principal(request)
-    viewer = None if principal.anonymous else principal.sub
+    policy = request.app[POLICY]
     page = await request.app[SERVICES].notifications.history(
-        {"limit": HISTORY_LIMIT}, viewer, principal.role in WRITE_ROLES
+        {"limit": HISTORY_LIMIT}, lambda channel: policy.can_read(principal, channel)
     )
     items = [
         {

@@ -8,21 +8,22 @@ from typing import Any
 from aiohttp import web
 
 from server.api.respond import json_response
-from server.channels import check_channel
-from server.compat.views import connected_at
+from server.api.stats_view import StatsView, caller_view, connected_at
+from server.channel_names import check_channel
 from server.hub import Hub
 from server.keys import HUB
 
 
-def _channel(hub: Hub, channel: str) -> dict[str, Any]:
+def _channel(hub: Hub, view: StatsView, channel: str) -> dict[str, Any]:
     subs = hub.channels.get(channel, ())
-    users = [{"user_id": c.principal.sub, "connected_at": connected_at(c)} for c in subs]
+    users = [{"user_id": view.user_id(c), "connected_at": connected_at(c)} for c in subs]
     return {"connections": len(subs), "users": users}
 
 
 async def ws_stats(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    channels = {ch: _channel(hub, ch) for ch in sorted(hub.channels)}
+    view = caller_view(request)
+    channels = {ch: _channel(hub, view, ch) for ch in sorted(hub.channels) if view.channel(ch)}
     return json_response(
         {
             "total_channels": len(channels),
@@ -33,5 +34,7 @@ async def ws_stats(request: web.Request) -> web.Response:
 
 
 async def ws_channel_stats(request: web.Request) -> web.Response:
+    view = caller_view(request)
     channel = check_channel(request.match_info["channel"])
-    return json_response({"channel": channel, **_channel(request.app[HUB], channel)})
+    view.policy.check_read(view.principal, channel)
+    return json_response({"channel": channel, **_channel(request.app[HUB], view, channel)})

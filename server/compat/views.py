@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
-
-from server import codec
+from server.api.stats_view import StatsView, connected_at
 from server.hub import Hub
 from server.services.chat import room_of
-from server.ws.connection import Connection
+
+__all__ = ["connected_at", "rooms"]
 
 
-def connected_at(conn: Connection) -> str:
-    """When the socket connected, as wall-clock ISO time."""
-    return codec.isotime(codec.utcnow() - timedelta(seconds=time.monotonic() - conn.connected_at))
-
-
-def rooms(hub: Hub) -> dict[str, dict[str, int]]:
-    """room -> {connections, users}, from the hub's presence on chat channels."""
+def rooms(hub: Hub, view: StatsView) -> dict[str, dict[str, int]]:
+    """room -> {connections, users}, from the hub's presence on chat channels (the rooms
+    the caller may read)."""
     out: dict[str, dict[str, int]] = {}
     for channel, members in sorted(hub.presence.items()):
         room = room_of(channel)
-        if room is not None:
+        if room is not None and view.channel(channel):
             sockets = sum(m.sockets for m in members.values())
             out[room] = {"connections": sockets, "users": len(members)}
     return out

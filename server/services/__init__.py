@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from server.bus import Bus
 from server.config import Config
@@ -27,6 +29,9 @@ class Services:
     readings: ReadingService
     sensors: SensorsService
     users: UsersService
+    # What the transports that feed these services report of themselves in stats, by
+    # name (the MQTT bridge: "mqtt"); they add and remove themselves.
+    reporters: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
 
 def create_services(storage: Storage, bus: Bus, config: Config, hub: Hub) -> Services:

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from server import codec
+from server.auth import identity_label
 from server.bus import Bus
-from server.channels import as_validator
+from server.channel_names import as_validator
 from server.config import ChatConfig
 from server.errors import BadRequest, NotFound, ValidationFailed
 from server.hub import Member
@@ -58,23 +59,28 @@ def last_room(channels: Iterable[str]) -> str | None:
 
 
 def message_object(row: Row) -> dict[str, Any]:
+    # Stored under the author's identity key; shown as its label, flagged when anonymous.
+    user_id, anonymous = identity_label(row["user_id"])
     return {
         "id": row["id"],
         "room": row["room"],
-        "user_id": row["user_id"],
+        "user_id": user_id,
         "username": row["username"],
         "content": row["content"],
         "created_at": codec.isotime(row["created_at"]),
+        "anonymous": anonymous,
     }
 
 
-def receipt_object(row: Row, username: str) -> dict[str, Any]:
+def receipt_object(row: Row, username: str | None) -> dict[str, Any]:
+    user_id, anonymous = identity_label(row["user_id"])
     return {
         "room": row["room"],
         "message_id": row["message_id"],
-        "user_id": row["user_id"],
-        "username": username,
+        "user_id": user_id,
+        "username": username or user_id,
         "read_at": codec.isotime(row["read_at"]),
+        "anonymous": anonymous,
     }
 
 
@@ -110,7 +116,8 @@ class ChatService:
     async def store_message(
         self, room: str, user_id: str | None, username: str | None, content: str
     ) -> dict[str, Any]:
-        """Validate and store; the caller acknowledges, then `announce`s it."""
+        """Validate and store; the caller acknowledges, then `announce`s it. `user_id` is
+        the author's identity key (Connection.member_id)."""
         check_room(room)
         self.check_content(content)
         row = await queries.insert_message(self.storage, room, user_id, username, content)
@@ -157,34 +164,39 @@ class ChatService:
 
     async def receipts(self, message_id: int) -> list[dict[str, Any]]:
         rows = await queries.select_receipts(self.storage, message_id)
-        return [receipt_object(r, r["user_id"]) for r in rows]
+        return [receipt_object(r, None) for r in rows]
 
-    async def typing(self, room: str, user_id: str, username: str, is_typing: bool) -> None:
+    async def typing(
+        self, room: str, member: str, user_id: str, username: str, is_typing: bool
+    ) -> None:
         """Relay a change of typing state to the room's others; a `true` nobody renews
-        within typing_timeout ends by itself."""
-        key = (room, user_id)
+        within typing_timeout ends by itself. `member` is the identity key, `user_id` the
+        label shown."""
+        key = (room, member)
         timer = self._typing.pop(key, None)
         if timer is not None:
             timer.cancel()
         if is_typing:
             loop = asyncio.get_running_loop()
             self._typing[key] = loop.call_later(
-                self.config.typing_timeout, self._expire, room, user_id, username
+                self.config.typing_timeout, self._expire, room, member, user_id, username
             )
         if is_typing != (timer is not None):
-            await self._relay_typing(room, user_id, username, is_typing)
+            await self._relay_typing(room, member, user_id, username, is_typing)
 
-    def _expire(self, room: str, user_id: str, username: str) -> None:
-        del self._typing[(room, user_id)]
+    def _expire(self, room: str, member: str, user_id: str, username: str) -> None:
+        del self._typing[(room, member)]
         task = asyncio.get_running_loop().create_task(
-            self._relay_typing(room, user_id, username, False)
+            self._relay_typing(room, member, user_id, username, False)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _relay_typing(self, room: str, user_id: str, username: str, on: bool) -> None:
+    async def _relay_typing(
+        self, room: str, member: str, user_id: str, username: str, on: bool
+    ) -> None:
         body = {"data": {"user_id": user_id, "username": username, "is_typing": on}}
-        await self.bus.publish_ephemeral(room_channel(room), "typing", body, exclude=user_id)
+        await self.bus.publish_ephemeral(room_channel(room), "typing", body, exclude=member)
 
     def close(self) -> None:
         for timer in self._typing.values():

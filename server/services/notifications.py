@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
 from server import codec
 from server.bus import Bus
-from server.channels import check_channel
+from server.channel_names import check_channel
 from server.config import NotificationsConfig
 from server.errors import BadRequest, ValidationFailed
 from server.services.events import receipt
@@ -17,6 +18,9 @@ from server.storage import Row, Storage
 from server.storage import notifications as queries
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# A history page reads at most this many batches of rows looking for ones the caller may
+# see; past it the page ends early, with a cursor where the scan stopped.
+MAX_SCANS = 8
 
 
 def notification_object(row: Row) -> dict[str, Any]:
@@ -82,22 +86,32 @@ class NotificationService:
         return {**receipt(pub), "notification": notification}
 
     async def history(
-        self, args: dict[str, Any], viewer: str | None, sees_all: bool
+        self, args: dict[str, Any], may_read: Callable[[str], bool]
     ) -> dict[str, Any]:
-        """Newest first. Private `user:{id}` notifications are shown to their user only,
-        unless `sees_all` (admin, service)."""
+        """Newest first, only notifications of channels `may_read` allows (the channel
+        policy's read check: another user's `user:{id}` is never shown)."""
         limit = args["limit"]
-        rows = await queries.select_notifications(
-            self.storage,
-            channel=args.get("channel"),
-            event=args.get("event"),
-            private_of=viewer,
-            all_private=sees_all,
-            before=decode_id_cursor(args.get("cursor")),
-            limit=limit + 1,
-        )
-        cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return {"items": [notification_object(r) for r in rows[:limit]], "next_cursor": cursor}
+        before = decode_id_cursor(args.get("cursor"))
+        batch = limit + 1
+        items: list[dict[str, Any]] = []
+        for _ in range(MAX_SCANS):
+            rows = await queries.select_notifications(
+                self.storage,
+                channel=args.get("channel"),
+                event=args.get("event"),
+                before=before,
+                limit=batch,
+            )
+            for row in rows:
+                if not may_read(row["channel"]):
+                    continue
+                if len(items) == limit:
+                    return {"items": items, "next_cursor": encode_cursor(items[-1]["id"])}
+                items.append(notification_object(row))
+            if len(rows) < batch:
+                return {"items": items, "next_cursor": None}
+            before = rows[-1]["id"]
+        return {"items": items, "next_cursor": encode_cursor(before)}
 
     async def trim(self) -> int:
         """Keep the newest `history_size` stored notifications (0: all); returns how many

@@ -181,6 +181,34 @@ def _events(readings: list[Reading], raised: list[tuple[int, Row]]) -> Iterator[
             upcoming = next(pending, None)
 
 
+# (index in the batch, sensor_id, metric, value, min, max, ts): a threshold breach found.
+Anomaly = tuple[int, int, str, float, Any, Any, datetime]
+
+
+def _check(
+    readings: list[Reading], sensors: dict[int, Any], start: int
+) -> tuple[list[Anomaly], dict[str, Any]]:
+    """The threshold breaches (indexed from `start`) and the unknown sensors (keyed by the
+    item's own index, as a 422 names them)."""
+    found: list[Anomaly] = []
+    unknown: dict[str, Any] = {}
+    for index, (sensor_id, ts, values, _) in enumerate(readings):
+        thresholds = sensors.get(sensor_id)
+        if thresholds is None:
+            if len(unknown) < MAX_ERRORS:
+                unknown[str(index)] = {"sensor_id": [f"Unknown sensor {sensor_id}."]}
+            continue
+        if not thresholds:
+            continue
+        for metric, value in values.items():
+            if metric in thresholds:
+                low = _bound(thresholds[metric], "min")
+                high = _bound(thresholds[metric], "max")
+                if (low is not None and value < low) or (high is not None and value > high):
+                    found.append((start + index, sensor_id, metric, value, low, high, ts))
+    return found, unknown
+
+
 class ReadingService:
     def __init__(self, storage: Storage, bus: Bus) -> None:
         self.storage = storage
@@ -191,36 +219,59 @@ class ReadingService:
         """Store (readings and anomalies in one transaction), then publish. `batch`:
         errors are keyed by the item's index."""
         sensors = await queries.sensor_thresholds(self.storage, {r[0] for r in readings})
-        found: list[tuple[int, int, str, float, Any, Any, datetime]] = []
-        unknown: dict[str, Any] = {}
-        for index, (sensor_id, ts, values, _) in enumerate(readings):
-            thresholds = sensors.get(sensor_id)
-            if thresholds is None:
-                if len(unknown) < MAX_ERRORS:
-                    unknown[str(index)] = {"sensor_id": [f"Unknown sensor {sensor_id}."]}
-                continue
-            if not thresholds:
-                continue
-            for metric, value in values.items():
-                if metric in thresholds:
-                    low = _bound(thresholds[metric], "min")
-                    high = _bound(thresholds[metric], "max")
-                    if (low is not None and value < low) or (high is not None and value > high):
-                        found.append((index, sensor_id, metric, value, low, high, ts))
+        found, unknown = _check(readings, sensors, 0)
         if unknown:
             raise ValidationFailed(details=unknown if batch else unknown["0"])
+        await self._store(readings, found)
+        return {"accepted": len(readings)}
+
+    async def ingest_each(self, bodies: list[list[Reading]]) -> list[dict[str, Any] | None]:
+        """Several independent bodies (MQTT messages arriving together) stored and
+        published as one batch, as ingest() does one body. A body naming an unknown sensor
+        is refused alone: its place in the answer holds its errors (as ingest's 422
+        details), an accepted body's holds None."""
+        ids = {r[0] for body in bodies for r in body}
+        sensors = await queries.sensor_thresholds(self.storage, ids)
+        readings: list[Reading] = []
+        found: list[Anomaly] = []
+        refused: list[dict[str, Any] | None] = []
+        for body in bodies:
+            raised, unknown = _check(body, sensors, len(readings))
+            refused.append(unknown or None)
+            if not unknown:
+                readings.extend(body)
+                found.extend(raised)
+        if not readings:
+            return refused
+        try:
+            await self._store(readings, found)
+        except ValidationFailed:
+            # A sensor deleted while the batch was stored: nothing was, so each body goes
+            # again on its own and only those naming the deleted sensor are refused.
+            if len(bodies) == 1:
+                raise
+            return [await self._ingest_alone(body) for body in bodies]
+        return refused
+
+    async def _ingest_alone(self, body: list[Reading]) -> dict[str, Any] | None:
+        try:
+            await self.ingest(body, True)
+        except ValidationFailed as exc:
+            return exc.details or {"_schema": [exc.message]}
+        return None
+
+    async def _store(self, readings: list[Reading], found: list[Anomaly]) -> None:
         try:
             stored = await queries.store_readings(
                 self.storage, (r[:3] for r in readings), [a[1:] for a in found]
             )
         except IntegrityError:
-            # A sensor deleted between the check above and the insert: nothing was stored.
+            # A sensor deleted between the check and the insert: nothing was stored.
             raise ValidationFailed(
                 details={"sensor_id": ["A sensor was deleted while its readings were stored."]}
             ) from None
         raised = list(zip((a[0] for a in found), stored, strict=True))
         await self._publish(readings, raised)
-        return {"accepted": len(readings)}
 
     async def _publish(self, readings: list[Reading], raised: list[tuple[int, Row]]) -> None:
         """Each reading, then the anomalies it raised; one publication each, one batch."""
@@ -316,7 +367,15 @@ class ReadingService:
             }
             for r in rows
         ]
-        return {"sensor_id": sensor_id, "metric": metric, "bucket": bucket, "items": items}
+        # Every bucket fits in one answer (past MAX_BUCKETS the query is refused): the list
+        # shape still carries next_cursor, null, as every list does (SPEC §5).
+        return {
+            "sensor_id": sensor_id,
+            "metric": metric,
+            "bucket": bucket,
+            "items": items,
+            "next_cursor": None,
+        }
 
 
 class AnomalyService:

@@ -217,10 +217,19 @@ class SensorsService:
             "event_type": event_type,
             "entity_id": obj["id"],
             "data": obj,
-            "metadata": {"action": event_type, "user": by.sub},
+            "metadata": {"action": action_name(event_type, kind.entity_type), "user": by.sub},
         }
         await self.bus.publish(kind.channels(obj["id"]), "entity_event", body)
         return obj
+
+
+# Seed 004's clients read metadata.action as `create_sensor`: its names, for every entity.
+_VERBS = {"created": "create", "updated": "update", "deleted": "delete"}
+
+
+def action_name(event_type: str, entity_type: str) -> str:
+    """`created` + `sensor` -> `create_sensor` (seed 004's metadata.action)."""
+    return f"{_VERBS[event_type]}_{entity_type}"
 
 
 def _location_defaults(values: Mapping[str, Any]) -> dict[str, Any]:

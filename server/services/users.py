@@ -66,6 +66,13 @@ class UsersService:
     async def list_users(self) -> list[dict[str, Any]]:
         return [user_object(row) for row in await queries.select_users(self.storage)]
 
+    async def get(self, username: str) -> dict[str, Any]:
+        """A user by name; NotFound when there is none."""
+        row = await queries.select_user_by_name(self.storage, username)
+        if row is None:
+            raise NotFound(f"user {username!r} not found")
+        return user_object(row)
+
     async def remove(self, username: str) -> dict[str, Any]:
         """Delete a user and return it; NotFound when there is none. Tokens already issued
         to it stay valid until they expire (JWTs are not looked up)."""

@@ -23,19 +23,12 @@ async def select_notifications(
     *,
     channel: str | None,
     event: str | None,
-    private_of: str | None,
-    all_private: bool,
     before: int | None,
     limit: int,
 ) -> list[Row]:
-    """Newest first. Private `user:` rows are left out unless `all_private`, except those
-    of `private_of` (the caller's own)."""
-    conditions = []
-    if not all_private:
-        own = f"user:{private_of}" if private_of is not None else ""
-        conditions.append(("(channel NOT LIKE 'user:%' OR channel = ?)", own))
+    """Newest first; who may see which row is the caller's business (the channel policy)."""
     filters = {"channel": channel, "event": event}
-    return await select_newest(db, "notifications", filters, before, limit, conditions)
+    return await select_newest(db, "notifications", filters, before, limit)
 
 
 async def delete_beyond(db: Tx, keep: int) -> int:

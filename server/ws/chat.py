@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import fields, validate
 
-from server.channels import validate_channel
+from server.channel_names import validate_channel
 from server.errors import BadRequest, Conflict, Forbidden
 from server.services.chat import last_room, room_channel, room_of, validate_room
 from server.ws.commands import Frame, Session, command
@@ -69,7 +69,7 @@ async def typing(session: Session, frame: dict[str, Any]) -> None:
     conn = session.conn
     room = current_room(conn, frame["channel"])
     chat = session.dispatcher.services().chat
-    await chat.typing(room, conn.member_id, conn.member_name, frame["is_typing"])
+    await chat.typing(room, conn.member_id, conn.member_label, conn.member_name, frame["is_typing"])
 
 
 @command("read", ReadFrame)
@@ -87,7 +87,7 @@ async def join_room(session: Session, frame: dict[str, Any]) -> None:
     channel = room_channel(frame["room"])
     if channel in conn.subscriptions:
         raise Conflict(f"already in {channel}")
-    if not dispatcher.policy.can_subscribe(conn.principal, channel):
+    if not dispatcher.policy.can_read(conn.principal, channel):
         raise Forbidden(f"not allowed to join {channel}")
     for current in [ch for ch in conn.subscriptions if room_of(ch) is not None]:
         await dispatcher.hub.unsubscribe(conn, current)

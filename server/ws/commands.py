@@ -16,7 +16,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from server import codec
 from server.api.operations import Ctx, Operation
 from server.bus import Position, Publication
-from server.channels import ChannelPolicy, validate_channel
+from server.channel_names import validate_channel
+from server.channels import ChannelPolicy
 from server.errors import (
     ApiError,
     BadRequest,
@@ -33,6 +34,7 @@ from server.storage import StorageError
 from server.ws import frames
 
 if TYPE_CHECKING:
+    from server.auth import Authenticator
     from server.compat import Dialect
     from server.config import Config
     from server.hub import Hub
@@ -104,7 +106,7 @@ class Session:
 
     def ctx(self) -> Ctx:
         d = self.dispatcher
-        return Ctx(self.conn.principal, d.services(), d.hub, d.config)
+        return Ctx(self.conn.principal, d.services(), d.hub, d.config, d.policy)
 
 
 CommandFn = Callable[[Session, dict[str, Any]], Awaitable[None]]
@@ -115,11 +117,16 @@ class Command:
     type: str
     schema: Schema
     fn: CommandFn
+    # A type only an adapter produces (a seed dialect's translation): never offered to
+    # clients in the list of known types, refused from native sockets.
+    internal: bool = False
 
 
-def command(type: str, schema: type[Schema]) -> Callable[[CommandFn], Command]:
+def command(
+    type: str, schema: type[Schema], internal: bool = False
+) -> Callable[[CommandFn], Command]:
     def decorate(fn: CommandFn) -> Command:
-        return Command(type, schema(), fn)
+        return Command(type, schema(), fn, internal)
 
     return decorate
 
@@ -127,7 +134,7 @@ def command(type: str, schema: type[Schema]) -> Callable[[CommandFn], Command]:
 @command("subscribe", SubscribeFrame)
 async def subscribe(session: Session, frame: dict[str, Any]) -> None:
     channel, conn = frame["channel"], session.conn
-    if not session.dispatcher.policy.can_subscribe(conn.principal, channel):
+    if not session.dispatcher.policy.can_read(conn.principal, channel):
         raise Forbidden(f"not allowed to subscribe to {channel}")
     if channel in conn.subscriptions:
         raise Conflict(f"already subscribed to {channel}")
@@ -233,6 +240,7 @@ class Dispatcher:
         services: Callable[[], Services],
         commands: tuple[Command, ...] = COMMANDS,
         adopt: Callable[[dict[str, Any]], Dialect | None] | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.hub = hub
         self.policy = policy
@@ -240,8 +248,11 @@ class Dispatcher:
         self.operations = operations
         self.services = services
         self.commands = {c.type: c for c in commands}
+        self.public_types = sorted(c.type for c in commands if not c.internal)
         # A native socket's first frame in a seed's protocol switches it to that dialect.
         self.adopt = adopt
+        # Checks the token of a `refresh` frame.
+        self.auth = auth
 
     async def join(
         self,
@@ -280,9 +291,12 @@ class Dispatcher:
                 raw = conn.dialect.inbound(raw)
             frame_id = raw.get("id") if isinstance(raw.get("id"), str | int) else None
             kind = raw.get("type")
+            known = {"types": self.public_types}
+            if kind is None:
+                raise UnknownType('a frame needs a "type": one of the types listed', known)
             cmd = self.commands.get(kind) if isinstance(kind, str) else None
-            if cmd is None:
-                raise UnknownType(f"unknown frame type {kind!r}", {"types": sorted(self.commands)})
+            if cmd is None or (cmd.internal and conn.dialect is None):
+                raise UnknownType(f"unknown frame type {kind!r}", known)
             try:
                 frame = cmd.schema.load(raw)
             except ValidationError as exc:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from server.auth import ANONYMOUS_KEY_PREFIX
 from server.config import ANONYMOUS
 from server.ws import frames
 
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 SLOW_CONSUMER = "slow consumer"
 # Pending bytes that are written at once instead of at the end of the loop iteration.
 FLUSH_BYTES = 16 * 1024
+
+
+def client_key(principal: Principal, client_id: str) -> str:
+    """See Connection.client_key."""
+    return client_id if principal.anonymous else f"{client_id}\t{principal.sub}"
 
 
 class TokenBucket:
@@ -107,6 +113,7 @@ class Connection:
         "closing",
         "connected_at",
         "dialect",
+        "expiry",
         "ip",
         "limit",
         "on_drop",
@@ -140,6 +147,8 @@ class Connection:
         self.dialect: Dialect | None = None
         self.closing = False
         self.closer: asyncio.Task[bool] | None = None
+        # The timer that closes the socket when its token expires (server.ws.expiry).
+        self.expiry: asyncio.TimerHandle | None = None
         # channel -> first offset this connection receives there (live or recovered): a
         # publication also on another channel at or past that offset was already delivered.
         self.subscriptions: dict[str, int] = {}
@@ -168,9 +177,27 @@ class Connection:
         return self.principal.public()
 
     @property
+    def client_key(self) -> str:
+        """The client id within its principal's scope: a client id is unique per
+        authenticated user (anonymous sockets share one scope), so nobody can take over
+        or squat another user's id. Anonymous: the client id itself; authenticated: the
+        client id, a tab (never in a client id) and the token's subject."""
+        return client_key(self.principal, self.client_id)
+
+    @property
     def member_id(self) -> str:
-        """Who this socket is in chat and presence: the token's subject or the anonymous
-        `user_id` label; an anonymous socket with neither is a member of its own."""
+        """Who this socket is in chat, presence and receipts (an identity key): the token's
+        subject, or for an anonymous socket `anonymous:` + its label, so a `?user_id=1`
+        never merges with, or acts as, authenticated user 1."""
+        principal = self.principal
+        if principal.anonymous:
+            return ANONYMOUS_KEY_PREFIX + self.member_label
+        return principal.sub
+
+    @property
+    def member_label(self) -> str:
+        """The id this socket shows in chat and presence: the token's subject or the
+        anonymous `user_id` label; an anonymous socket with neither shows its client id."""
         principal = self.principal
         if principal.anonymous and principal.sub == ANONYMOUS:
             return self.client_id
@@ -178,7 +205,7 @@ class Connection:
 
     @property
     def member_name(self) -> str:
-        return self.principal.name or self.member_id
+        return self.principal.name or self.member_label
 
     def buffered(self) -> int:
         size = self._transport.get_write_buffer_size() + self._pending_bytes

@@ -17,14 +17,14 @@ from multidict import MultiDict
 from server.api.middleware import bearer_token
 from server.api.respond import error_response
 from server.auth import Principal
-from server.channels import parse_channel_list
+from server.channel_names import parse_channel_list
 from server.compat import Dialect
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from server.hub import Hub, HubStats, Member
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
 from server.services.chat import check_room, room_channel
-from server.ws import frames
-from server.ws.connection import Connection, TokenBucket
+from server.ws import expiry, frames
+from server.ws.connection import Connection, TokenBucket, client_key
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
             elif msg.type in _ENDS:
                 break
     finally:
+        expiry.disarm(conn)
         try:
             await hub.remove(conn)
         finally:
@@ -195,7 +196,7 @@ def _admit(
     except BadRequest as exc:
         raise Refusal(frames.CLOSE_BAD_REQUEST, exc.message) from None
     for channel in channels:
-        if not app[POLICY].can_subscribe(principal, channel):
+        if not app[POLICY].can_read(principal, channel):
             raise Refusal(frames.CLOSE_FORBIDDEN, f"not allowed: {channel}")
 
     ip = client_ip(request)
@@ -205,7 +206,8 @@ def _admit(
     if limits.max_connections_per_ip and hub.per_ip[ip] >= limits.max_connections_per_ip:
         hub.stats.closed_by_policy += 1
         raise Refusal(frames.CLOSE_POLICY, "too many connections from this address")
-    existing = hub.clients.get(client_id)
+    # Client ids are per principal: only the same user's socket can be replaced or collide.
+    existing = hub.clients.get(client_key(principal, client_id))
     if existing is not None:
         if limits.duplicate_client_id == "reject":
             raise Refusal(frames.CLOSE_DUPLICATE, "duplicate client_id")
@@ -217,6 +219,7 @@ def _admit(
     )
     conn.dialect = entry.dialect
     hub.add(conn)
+    expiry.arm(conn, app[CONFIG].auth.jwt_leeway)
     counted = [(channel, hub.count_in(conn, channel)) for channel in channels]
     log.info("connect %s user=%s ip=%s channels=%s", client_id, principal.sub, ip, channels)
     conn.send(

@@ -303,6 +303,6 @@ async def test_locations_channel_hears_created_updated_deleted(
             "event_type": event_type,
             "entity_id": created["id"],
             "data": data,
-            "metadata": {"action": event_type, "user": "ops"},
+            "metadata": {"action": f"{event_type[:-1]}_location", "user": "ops"},
         }
     await ws.nothing()

@@ -348,6 +348,7 @@ async def test_aggregate_buckets_a_known_series(client, connect: Connect, token:
             {"start": "2024-05-01T12:00:00.000Z", "avg": 1.0, "min": 0.0, "max": 2.0, "count": 3},
             {"start": "2024-05-01T12:01:00.000Z", "avg": 4.0, "min": 3.0, "max": 5.0, "count": 3},
         ],
+        "next_cursor": None,
     }  # fmt: skip
     ws = await connect()
     reply = await ws_call(

@@ -251,7 +251,7 @@ async def test_sensor_channels_hear_created_updated_deleted_with_exact_fields(
                 "event_type": event_type,
                 "entity_id": 1,
                 "data": data,
-                "metadata": {"action": event_type, "user": "gateway-7"},
+                "metadata": {"action": f"{event_type[:-1]}_sensor", "user": "gateway-7"},
             }
             assert (frame["data"]["tipo"], frame["data"]["modelo"]) == ("temperatura", "DHT22")
         await ws.nothing()

@@ -46,7 +46,15 @@ async def test_history_is_newest_first_and_pages_back(client: TestClient):
     assert [m["content"] for m in by_id["items"]] == ["m0"]
     assert by_id["next_cursor"] is None
     item = first["items"][0]
-    assert set(item) == {"id", "room", "user_id", "username", "content", "created_at"}
+    assert set(item) == {
+        "id",
+        "room",
+        "user_id",
+        "username",
+        "content",
+        "created_at",
+        "anonymous",
+    }
     assert (item["id"], item["room"], item["user_id"]) == (ids[4], "lobby", "1")
 
 

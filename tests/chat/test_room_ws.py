@@ -66,7 +66,9 @@ async def test_message_is_acked_to_sender_then_broadcast_to_room(
     assert seen["channel"] == "chat:lobby"
     assert isinstance(seen["offset"], int)
     assert data["created_at"].endswith("Z")
-    assert await messages_in_db(client) == [("lobby", "1", "hola")]
+    # Stored under the anonymous identity, shown as its label.
+    assert data["anonymous"] is True
+    assert await messages_in_db(client) == [("lobby", "anonymous:1", "hola")]
 
 
 async def test_three_clients_each_get_every_message_once_in_order(
@@ -106,6 +108,15 @@ async def test_presence_counts_users_not_tabs(client: TestClient, connect: Conne
     assert resp.status == 200
     body = await resp.json()
     assert sorted(c["user_id"] for c in body.pop("clients")) == ["1", "2", "2"]
+    # The SPEC §5 list: one item per socket.
+    items = body.pop("items")
+    assert sorted((i["user_id"], i["username"]) for i in items) == [
+        ("1", "Ana"),
+        ("2", "Bob"),
+        ("2", "Bob"),
+    ]
+    assert all(i["client_id"] and i["connected_at"].endswith("Z") for i in items)
+    assert body.pop("next_cursor") is None
     assert body == {
         "room": "tabs",
         "channel": "chat:tabs",
@@ -225,7 +236,9 @@ async def test_read_receipt_is_stored_and_sent_to_the_room(client: TestClient, c
             "username": "Bob",
         }
     rows = await client.app[SERVICES].storage.fetch("SELECT * FROM read_receipts")
-    assert [(r["room"], r["message_id"], r["user_id"]) for r in rows] == [("rr", message_id, "2")]
+    assert [(r["room"], r["message_id"], r["user_id"]) for r in rows] == [
+        ("rr", message_id, "anonymous:2")
+    ]
 
 
 async def test_history_on_join_comes_after_subscribed_oldest_first(

@@ -111,9 +111,12 @@ async def test_user_event_reaches_that_users_token_socket_not_a_user_id_label(
     for _ in range(3):  # its room, general and user:456
         await owner.recv_type("subscribed")
     labelled = await connect(client, "/ws/spoof?user_id=456")
+    # The label "456" is someone else than the token's user 456: its arrival is news.
+    joined = await owner.recv_type("user_joined")
 
     resp = await notify(client, {"event": "user.456.nota", "payload": {"usuarioId": 456}})
 
+    assert joined["user_id"] == "456"
     assert (await resp.json())["channel"] == "user:456"
     assert (await owner.recv_type("system_notification"))["event"] == "user.456.nota"
     await labelled.nothing()

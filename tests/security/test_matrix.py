@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.keys import AUTH, SERVICES
+from server.keys import AUTH, HUB, SERVICES
 from tests.api.test_system import error_of
 from tests.conftest import auth_header, make_config, open_ws
 
@@ -353,3 +353,219 @@ async def test_empty_channels_claim_allows_nothing(client: TestClient):
     tok = client.app[AUTH].mint("u1", "admin", channels=[])
     ws = await open_ws(client, query(tok, "general"), handshake=False)
     assert (await ws.closed())[0] == 4003
+
+
+# -- reads beyond subscribe: history, stats, seed adapters (one read check) ---------------------
+
+# Chat restricted to two roles (admin always may): a room's history, its stats and its
+# seed views follow the same rule as subscribing to it.
+RESTRICTED = {**NAMESPACES, "chat": {"subscribe": ["user", "service"], "presence": True}}
+READERS = ("admin", "service", "user")
+
+
+@pytest.fixture
+async def restricted(aiohttp_client: Any, tmp_path: Path) -> TestClient:
+    from server.app import create_app
+
+    config = make_config(tmp_path, {"channels": {"namespaces": RESTRICTED}})
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    services = client.app[SERVICES]
+    await services.chat.store_message("lobby", "user-1", "User", "hello")
+    await services.notifications.notify("ops.alert", {}, "ops")
+    await services.notifications.notify("user.note", {}, "user:user-1")
+    await services.notifications.notify("news", {}, "general")
+    return client
+
+
+@dataclass(frozen=True)
+class Read:
+    """A read of a channel's content: REST path, WS `request` (or None), who may."""
+
+    name: str
+    path: str
+    request: tuple[str, str, dict[str, Any]] | None
+    allowed: tuple[str, ...]
+    # The success body (REST and WS `data`) on the fixture's data, not only the status.
+    answer: Callable[[Any], bool] = lambda data: "error" not in data
+
+
+READS = [
+    Read(
+        "history",
+        "/api/v1/messages/lobby",
+        ("messages", "list", {"room": "lobby"}),
+        READERS,
+        lambda d: [(m["room"], m["content"]) for m in d["items"]] == [("lobby", "hello")],
+    ),
+    Read(
+        "room-connections",
+        "/api/v1/rooms/lobby/connections",
+        ("rooms", "connections", {"room": "lobby"}),
+        READERS,
+        lambda d: (
+            (d["room"], d["channel"], d["count"], d["clients"]) == ("lobby", "chat:lobby", 0, [])
+        ),
+    ),
+    Read(
+        "channel-stats",
+        "/api/v1/stats/channels/chat:lobby",
+        ("stats", "channel", {"channel": "chat:lobby"}),
+        READERS,
+        lambda d: (d["channel"], d["subscribers"], d["offset"]) == ("chat:lobby", 0, 0),
+    ),
+    Read(
+        "ops-stats",
+        "/api/v1/stats/channels/ops",
+        ("stats", "channel", {"channel": "ops"}),
+        ("admin", "service"),
+        lambda d: (d["channel"], d["subscribers"], d["offset"]) == ("ops", 0, 1),
+    ),
+    Read(
+        "private-stats",
+        "/api/v1/stats/channels/user:user-1",
+        ("stats", "channel", {"channel": "user:user-1"}),
+        ("admin", "user"),
+        lambda d: (d["channel"], d["subscribers"], d["offset"]) == ("user:user-1", 0, 1),
+    ),
+    Read(
+        "ops-notifications",
+        "/api/v1/notifications?channel=ops",
+        ("notifications", "list", {"channel": "ops"}),
+        ("admin", "service"),
+        lambda d: [(n["channel"], n["event"]) for n in d["items"]] == [("ops", "ops.alert")],
+    ),
+    Read(
+        "seed004-channel-stats",
+        "/api/v1/ws/stats/chat:lobby",
+        None,
+        READERS,
+        lambda d: d == {"channel": "chat:lobby", "connections": 0, "users": []},
+    ),
+    Read(
+        "seed004-private-stats",
+        "/api/v1/ws/stats/user:user-1",
+        None,
+        ("admin", "user"),
+        lambda d: d == {"channel": "user:user-1", "connections": 0, "users": []},
+    ),
+]
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("read", READS, ids=lambda r: r.name)
+async def test_read_matrix_rest(restricted: TestClient, read: Read, role: str):
+    tok = token_for(restricted, role)
+    resp = await restricted.get(read.path, headers=auth_header(tok) if tok else {})
+    if role in read.allowed:
+        assert resp.status == 200, await resp.text()
+        assert read.answer(await resp.json()), await resp.text()
+    else:
+        await error_of(resp, 403, "forbidden")
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("read", [r for r in READS if r.request], ids=lambda r: r.name)
+async def test_read_matrix_ws_request(restricted: TestClient, read: Read, role: str):
+    assert read.request is not None
+    resource, action, payload = read.request
+    tok = token_for(restricted, role)
+    ws = await open_ws(restricted, f"/api/v1/ws?token={tok}" if tok else "/api/v1/ws")
+    frame = {"type": "request", "id": 4, "resource": resource, "action": action}
+    reply = await ws.request({**frame, "payload": payload})
+    if role in read.allowed:
+        assert (reply["type"], reply["id"]) == ("response", 4), reply
+        assert read.answer(reply["data"]), reply
+    else:
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", 4)
+
+
+SEED001_READS = [
+    ("messages", {"action": "get_all", "conversation_id": "lobby"}),
+    ("conversations", {"action": "get", "conversation_id": "lobby"}),
+]
+# What each answers (its `payload`), for the roles that may read the room.
+SEED001_ANSWERS: dict[str, Callable[[Any], bool]] = {
+    "messages": lambda p: [m["content"] for m in p["messages"]] == ["hello"],
+    "conversations": lambda p: (
+        (p["conversation"]["id"], p["conversation"]["messages"]) == ("lobby", 1)
+    ),
+}
+
+
+@pytest.mark.parametrize("role", ["admin", "service", "user", "device"])
+@pytest.mark.parametrize(("resource", "payload"), SEED001_READS, ids=("messages", "conversation"))
+async def test_read_matrix_seed001(restricted: TestClient, resource: str, payload: Any, role: str):
+    tok = token_for(restricted, role)
+    ws = await open_ws(restricted, f"/ws?token={tok}", handshake=False)
+    for _ in range(2):  # the seed's greeting events: connection, subscribed
+        await ws.recv_type("event")
+    await ws.send({"type": "request", "id": "q", "resource": resource, "payload": payload})
+    reply = await ws.recv()
+    while reply["type"] == "event":  # pushes (none expected before the answer)
+        reply = await ws.recv()
+    if role in READERS:
+        assert (reply["type"], reply["id"]) == ("response", "q"), reply
+        assert SEED001_ANSWERS[resource](reply["payload"]), reply
+    else:
+        assert (reply["type"], reply["payload"]["code"]) == ("error", "forbidden")
+        # Nothing of the room was sent, and the socket did not join it.
+        assert not any(
+            ch.startswith("chat:")
+            for conn in restricted.app[HUB].clients.values()
+            for ch in conn.subscriptions
+        )
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_lists_leave_out_what_the_caller_may_not_read(restricted: TestClient, role: str):
+    tok = token_for(restricted, role)
+    headers = auth_header(tok) if tok else {}
+    owner = token_for(restricted, "user")
+    await open_ws(restricted, f"/api/v1/ws?channel=general,user:user-1&token={owner}")
+
+    rooms = await (await restricted.get("/api/v1/rooms", headers=headers)).json()
+    notes = await (await restricted.get("/api/v1/notifications", headers=headers)).json()
+    stats = await (await restricted.get("/api/v1/stats", headers=headers)).json()
+    seed004 = await (await restricted.get("/api/v1/ws/stats", headers=headers)).json()
+
+    assert [r["room"] for r in rooms["items"]] == (["lobby"] if role in READERS else [])
+    readable = {"general"}
+    if role in ("admin", "service"):
+        readable.add("ops")
+    if role in ("admin", "user"):
+        readable.add("user:user-1")
+    assert {n["channel"] for n in notes["items"]} == readable
+    channels = {"general", "user:user-1"} if role in ("admin", "user") else {"general"}
+    assert set(stats["channels"]) == channels
+    assert set(seed004["channels"]) == channels
+    # An anonymous caller is shown no authenticated user's id.
+    shown = stats["channels"]["general"]["users"]
+    assert shown == ([] if role == "anonymous" else ["user-1"])
+
+
+STATS_PATHS = [
+    "/api/v1/stats",
+    "/api/v1/stats/channels/general",
+    "/api/v1/ws/stats",
+    "/api/v1/ws/stats/general",
+    "/ws/stats",
+    "/stats",
+    "/api/v1/status",
+]
+
+
+@pytest.mark.parametrize("path", STATS_PATHS)
+async def test_stats_need_a_token_without_anonymous_access(
+    aiohttp_client: Any, tmp_path: Path, path: str
+):
+    from server.app import create_app
+
+    config = make_config(tmp_path, {"auth": {"allow_anonymous": False}})
+    client = await aiohttp_client(create_app(config))
+
+    refused = await client.get(path)
+    allowed = await client.get(path, headers=auth_header(client.app[AUTH].mint("u", "user")))
+
+    await error_of(refused, 401, "unauthorized")
+    assert allowed.status == 200, await allowed.text()

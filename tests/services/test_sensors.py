@@ -60,7 +60,7 @@ async def test_create_sensor_fills_defaults_and_publishes_once_to_both_channels(
         "event_type": "created",
         "entity_id": sensor["id"],
         "data": sensor,
-        "metadata": {"action": "created", "user": "ana"},
+        "metadata": {"action": "create_sensor", "user": "ana"},
     }
 
 

@@ -1,0 +1,1 @@
+"""Ingest transports: readings that arrive other than over HTTP (MQTT)."""
