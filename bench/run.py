@@ -54,6 +54,7 @@ import ingest  # noqa: E402  (needs the sys.path line above)
 import loadgen as lg  # noqa: E402
 import mqtt  # noqa: E402
 import parsing  # noqa: E402
+import scaleout  # noqa: E402
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"
@@ -63,7 +64,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
 SERVERS = ("sensorcast", "reference")
-PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "parse")
+PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "scaleout", "parse")
 
 # Targets for Sensorcast / reference ratios (and one absolute bound).
 TARGET_CPU_RATIO = 0.8
@@ -871,6 +872,8 @@ def comparisons(
     )
     if "ingest" in p.phases:
         rows += ingest.comparison_rows((sc or {}).get("ingest"), ingest_params(p))
+    if "scaleout" in p.phases:
+        rows += scaleout.comparison_rows((sc or {}).get("scaleout"), scaleout.ScaleoutParams())
     if "mqtt" in p.phases:
         rows += mqtt.comparison_rows((sc or {}).get("mqtt"))
     if "parse" in p.phases:
@@ -965,9 +968,7 @@ def parse_args(argv: list[str]) -> tuple[Params, argparse.Namespace]:
         description="Fan-out, latency and memory of Sensorcast vs a websockets reference.",
     )
     parser.add_argument("--quick", action="store_true", help="shorter run (~1.5 min)")
-    parser.add_argument(
-        "--only", default=",".join(PHASES), help="phases: fanout,latency,memory,ingest,mqtt,parse"
-    )
+    parser.add_argument("--only", default=",".join(PHASES), help="phases: " + ",".join(PHASES))
     parser.add_argument("--servers", default=",".join(SERVERS), help="sensorcast,reference")
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers (default 1000)")
     parser.add_argument("--idle", type=int, help="idle connections for memory (default 5000)")
@@ -1041,6 +1042,15 @@ async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]
     sensorcast = results.get("sensorcast")
     if "ingest" in p.phases and sensorcast is not None and "error" not in sensorcast:
         results["sensorcast"]["ingest"] = await measure_ingest(p, cores[0])
+    if "scaleout" in p.phases and sensorcast is not None and "error" not in sensorcast:
+        try:
+            results["sensorcast"]["scaleout"] = await scaleout.measure(
+                lambda extra: running("sensorcast", cores[0], extra_config=extra),
+                scaleout.ScaleoutParams(),
+                cores[0],
+            )
+        except (ServerUnavailable, lg.BenchError, OSError, TimeoutError) as exc:
+            print(f"  [scaleout] failed: {type(exc).__name__}: {exc}", flush=True)
     if "mqtt" in p.phases and sensorcast is not None and "error" not in sensorcast:
         results["sensorcast"]["mqtt"] = await mqtt.measure(running, cores[0])
     if "parse" in p.phases and sensorcast is not None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -14,13 +17,15 @@ from server import codec
 from server.api.middleware import shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
-from server.bus import Bus
+from server.bus import Backend, Bus
 from server.bus.local import LocalBackend
+from server.bus.redis import RedisBackend
 from server.channels import ChannelPolicy
 from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
 from server.ingest.mqtt import mqtt_ctx
+from server.jobs import maintain_bus
 from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
@@ -33,8 +38,6 @@ log = logging.getLogger(__name__)
 
 # API tokens shorter than this are accepted (seed demo tokens) but warned about.
 STRONG_TOKEN_LENGTH = 16
-# How often expired history is dropped from the in-memory ring buffers.
-HISTORY_TRIM_SECONDS = 30.0
 # How often readings past retention.readings_days are deleted.
 RETENTION_SECONDS = 3600.0
 
@@ -44,10 +47,9 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(shape_router_errors)
     app[CONFIG] = config
     app[AUTH] = Authenticator(config.auth, config.var_dir, config.base_dir)
-    policy = app[POLICY] = ChannelPolicy(config.channels)
-    bus = app[BUS] = Bus(
-        LocalBackend(config.history.size, config.history.ttl, policy.history_enabled)
-    )
+    policy = app[POLICY] = ChannelPolicy(config.channels, config.history)
+    instance = instance_name()
+    bus = app[BUS] = Bus(make_backend(config, policy, instance), instance)
     hub = app[HUB] = Hub(bus, policy.presence_enabled)
     setup_routes(app)
     app[DISPATCHER] = commands.Dispatcher(
@@ -78,6 +80,24 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+def instance_name() -> str:
+    """This process among several instances: host, pid and a few random characters (two
+    apps in one test process differ too)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def make_backend(config: Config, policy: ChannelPolicy, instance: str) -> Backend:
+    if config.bus.backend == "redis":
+        return RedisBackend(
+            config.redis.url,
+            config.redis.prefix,
+            instance,
+            policy.history_rule,
+            config.redis.presence_ttl,
+        )
+    return LocalBackend(history_rule=policy.history_rule)
+
+
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     db = config.database
@@ -86,7 +106,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
-        services = app[SERVICES] = create_services(storage, app[BUS], config, app[HUB])
+        services = app[SERVICES] = create_services(storage, app[BUS], config)
         yield
         services.chat.close()
     finally:
@@ -103,20 +123,12 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Background jobs; at shutdown they are given shutdown_timeout to finish."""
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
-    await scheduler.spawn(_trim_history(app[BUS]), name="history-trim")
+    await scheduler.spawn(maintain_bus(app[BUS]), name="bus-upkeep")
     await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )
     yield
     await scheduler.close()
-
-
-async def _trim_history(bus: Bus) -> None:
-    while True:
-        await asyncio.sleep(HISTORY_TRIM_SECONDS)
-        dropped = bus.backend.trim()
-        if dropped:
-            log.debug("history trim dropped %d publications", dropped)
 
 
 async def expire_readings(storage: Storage, days: int) -> int:

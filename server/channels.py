@@ -11,17 +11,38 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from server.auth import Principal
+from server.bus import HistoryRule
 from server.channel_names import PRIVATE_NAMESPACE, namespace
-from server.config import ChannelsConfig
+from server.config import ChannelsConfig, HistoryConfig
 from server.errors import Forbidden
+
+# Namespaces whose history rule is remembered; past it, rules are computed each time.
+MAX_CACHED_RULES = 1024
 
 
 class ChannelPolicy:
-    def __init__(self, config: ChannelsConfig) -> None:
+    def __init__(self, config: ChannelsConfig, history: HistoryConfig | None = None) -> None:
         self.config = config
+        self.history = history or HistoryConfig()
+        self._history_rules: dict[str, HistoryRule] = {}
 
     def history_enabled(self, channel: str) -> bool:
         return self.config.rule(namespace(channel)).history
+
+    def history_rule(self, channel: str) -> HistoryRule:
+        """The channel's history bounds: its namespace's, else the `history` section's."""
+        ns = namespace(channel)
+        rule = self._history_rules.get(ns)
+        if rule is None:
+            r, h = self.config.rule(ns), self.history
+            size = (h.size if r.history_size < 0 else r.history_size) if r.history else 0
+            ttl = h.ttl if r.history_ttl < 0 else r.history_ttl
+            cap = h.max_bytes if r.history_max_bytes < 0 else r.history_max_bytes
+            rule = HistoryRule(size, ttl, cap)
+            # Bounded: one entry per configured namespace plus whatever clients name.
+            if len(self._history_rules) < MAX_CACHED_RULES:
+                self._history_rules[ns] = rule
+        return rule
 
     def presence_enabled(self, channel: str) -> bool:
         return self.config.rule(namespace(channel)).presence

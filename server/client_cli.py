@@ -1,50 +1,83 @@
-"""The tiny client behind `sensorcast publish` and `sensorcast tail`."""
+"""`sensorcast publish` and `sensorcast tail`, on the Python client (server.client)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from urllib.parse import quote
+from typing import Any
 
-import aiohttp
+import orjson
 
-from server import codec
+from server.client import (
+    AuthError,
+    ClientError,
+    RequestError,
+    Subscription,
+    connect,
+)
+
+
+def _say(message: str) -> None:
+    print(f"sensorcast: {message}", file=sys.stderr, flush=True)
 
 
 async def publish_once(url: str, token: str, channel: str, event_json: str) -> int:
+    """The event goes through the socket's `request` (events/create, what REST's
+    POST /api/v1/events/{channel} runs); prints `{channel, offset, epoch}`."""
     try:
-        event = codec.loads(event_json)
-    except codec.JSONDecodeError as exc:
-        print(f"sensorcast: the event is not valid JSON: {exc}", file=sys.stderr)
+        event = orjson.loads(event_json)
+    except orjson.JSONDecodeError as exc:
+        _say(f"the event is not valid JSON: {exc}")
         return 2
-    headers = {"Authorization": f"Bearer {token}"}
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{url}/api/v1/events/{quote(channel, safe=':')}", json=event, headers=headers
-            ) as resp,
-        ):
-            body = await resp.text()
-    except aiohttp.ClientError as exc:
-        print(f"sensorcast: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
-    print(body)
-    return 0 if resp.status < 400 else 1
+        async with connect(url, token) as client:
+            result = await client.request("events", "create", {"channel": channel, "event": event})
+    except ClientError as exc:
+        return _failed(exc)
+    print(orjson.dumps(result).decode())
+    return 0
+
+
+def _failed(exc: ClientError) -> int:
+    """One line on stderr for what ended a command; its exit status."""
+    if isinstance(exc, AuthError):
+        _say(f"refused: {exc.reason} ({exc.code})")
+    elif isinstance(exc, RequestError):
+        details = f" {orjson.dumps(exc.details).decode()}" if exc.details else ""
+        _say(f"{exc.code}: {exc.message}{details}")
+    else:  # ConnectError: its message names the URL
+        _say(str(exc))
+    return 1
+
+
+def _status(event: str, details: dict[str, Any]) -> None:
+    """Reconnects and unrecoverable gaps, on stderr (stdout stays one frame per line)."""
+    if event == "disconnected":
+        _say(f"disconnected ({details.get('code')} {details.get('reason') or ''})".rstrip())
+    elif event == "reconnecting":
+        _say(f"reconnecting in {details['delay']:.1f} s (attempt {details['attempt']})")
+    elif event == "connected" and details.get("reconnects"):
+        _say("reconnected")
+    elif event == "gap":
+        _say(f"{details['channel']}: events were missed and could not be recovered")
+
+
+async def _print(sub: Subscription) -> None:
+    await sub.ready()
+    position = sub.position
+    _say(f"tailing {sub.channel} after offset {position.offset if position else 0}")
+    async for frame in sub:
+        if frame.get("type") == "subscribed":
+            continue  # a gap: already said on stderr by _status
+        print(orjson.dumps(frame).decode(), flush=True)
 
 
 async def tail_channels(url: str, token: str, channels: list[str]) -> int:
-    ws_url = url.replace("http", "ws", 1) + "/api/v1/ws"
-    params = [("channel", c) for c in channels] + [("token", token)]
+    """Print each channel's frames, one JSON per line, until interrupted."""
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(ws_url, params=params, heartbeat=30) as ws,
-        ):
-            async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    print(msg.data, flush=True)
-            print(f"sensorcast: closed ({ws.close_code})", file=sys.stderr)
-            return 0 if ws.close_code in (1000, 1001) else 1
-    except aiohttp.ClientError as exc:
-        print(f"sensorcast: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
+        async with connect(url, token, on_status=_status) as client:
+            subs = [client.subscribe(channel) for channel in channels]
+            await asyncio.gather(*(_print(sub) for sub in subs))
+    except ClientError as exc:
+        return _failed(exc)
+    return 0

@@ -65,22 +65,27 @@ class DatabaseConfig:
 
 @dataclass(frozen=True, slots=True)
 class BusConfig:
-    # Only the in-process backend exists so far; `redis` arrives with scale-out.
-    backend: Literal["local"] = "local"
+    # local: one process; redis: several instances sharing the `redis` section's server.
+    backend: Literal["local", "redis"] = "local"
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    # Read by the Redis bus (bus.backend: redis); accepted now so deployments can set it.
     url: str = "redis://127.0.0.1:6379/0"
-    # Seconds after which a dead instance's presence entries expire (SPEC §7).
+    # Seconds an instance's presence entries live unless it refreshes them (a third of
+    # this apart): a dead instance's members leave within it.
     presence_ttl: float = setting(30.0, validate.Range(min=1))
+    # Every key and pub/sub channel starts with it: several deployments (or test runs)
+    # can share one Redis.
+    prefix: str = setting("sensorcast", validate.Length(min=1, max=64))
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryConfig:
     size: int = setting(100, validate.Range(min=0))
     ttl: float = setting(300.0, validate.Range(min=0))
+    # Payload bytes kept per channel, oldest dropped first; 0 = no cap beyond `size`.
+    max_bytes: int = setting(0, validate.Range(min=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,10 @@ class NamespaceRule:
     subscribe: list[str] = setting([ANONYMOUS, "user", "device", "service", "admin"])
     publish: list[str] = setting([])
     history: bool = True
+    # Per-namespace history bounds; -1 takes the `history` section's value.
+    history_size: int = setting(-1, validate.Range(min=-1))
+    history_ttl: float = setting(-1.0, validate.Range(min=-1))
+    history_max_bytes: int = setting(-1, validate.Range(min=-1))
     # Who is on the channel: `subscribed.presence`, `user_joined` / `user_left`.
     presence: bool = False
 
@@ -342,6 +351,8 @@ def _check_cross_field(config: Config) -> None:
             raise ConfigError(f"auth.api_tokens.{i}.name: may not start with 'anonymous:'")
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError("database.pool_min: must not exceed database.pool_max")
+    if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url: must be redis://[:password@]host:port/db")
     url = config.database.url
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError(

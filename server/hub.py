@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.bus import Bus, Position, Publication, Recovery
+from server.bus.presence import Member
 from server.ws import frames
 from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
 
@@ -29,26 +30,6 @@ class Snapshot:
 
     frames: list[bytes]
     covers: Callable[[Publication], bool]
-
-
-@dataclass(slots=True)
-class Member:
-    """One user on a presence channel, however many sockets (tabs) they have there.
-
-    `key` is the identity (Connection.member_id: anonymous labels are prefixed, so they
-    never merge with a token's user); `user_id` is what clients are shown."""
-
-    user_id: str
-    username: str
-    sockets: int = 0
-    key: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.key:
-            self.key = self.user_id
-
-    def public(self) -> dict[str, str]:
-        return {"user_id": self.user_id, "username": self.username}
 
 
 @dataclass(slots=True)
@@ -66,8 +47,6 @@ class Hub:
         self.bus = bus
         self.presence_on = presence_on
         self.channels: dict[str, set[Connection]] = {}
-        # channel -> member id -> Member, for channels whose namespace has presence on.
-        self.presence: dict[str, dict[str, Member]] = {}
         # Connection.client_key (client_id within its principal's scope) -> its socket.
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
@@ -75,6 +54,13 @@ class Hub:
         self.outbox = Outbox()
         self.started_at = time.monotonic()
         bus.on_publication.append(self.on_publication)
+        bus.on_reset.append(self.on_reset)
+
+    @property
+    def presence(self) -> dict[str, dict[str, Member]]:
+        """This instance's members per presence channel (the bus's table); the bus's
+        `members` sees every instance."""
+        return self.bus.presence.channels
 
     # -- connections -------------------------------------------------------------------
 
@@ -102,7 +88,7 @@ class Hub:
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
         for channel, member in gone:
-            await self._announce(channel, "user_left", member)
+            await self.bus.announce(channel, member, joined=False)
 
     def on_drop(self, conn: Connection, reason: str) -> None:
         """A socket closed for policy; the endpoint's cleanup removes it from the hub."""
@@ -116,6 +102,7 @@ class Hub:
             subs.discard(conn)
             if not subs:
                 del self.channels[channel]
+                self.bus.unlisten(channel)
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -136,27 +123,25 @@ class Hub:
         `counted`: the caller already counted (and announced) the socket's presence there.
         """
         self.channels.setdefault(channel, set()).add(conn)
-        if since is None and snapshot is None:
-            position = await self.bus.position(channel)
-            conn.subscriptions[channel] = position.offset + 1
-            joined = None if counted else self._join(conn, channel)
-            conn.send(self._subscribed(channel, position, None, reply))
-            if joined is not None:
-                await self._announce(channel, "user_joined", joined)
-            return
         held: list[Publication] = []
         if conn.recovering is None:
             conn.recovering = {}
         conn.recovering[channel] = held
+        joined = None
         try:
+            # Listening first: whatever is published from here on reaches `held`, so the
+            # position or history read below leaves no gap before the live stream.
+            await self.bus.listen(channel)
             if since is not None:
                 recovery = await self.bus.recover(channel, since)
             else:
                 recovery = Recovery([], False, await self.bus.position(channel))
             state = await snapshot() if snapshot is not None else None
+            joined = None if counted else self._join(conn, channel)
+            presence = await self.bus.members(channel) if self.presence_on(channel) else None
         except BaseException:
             self._discard(channel, conn)
-            if counted:
+            if counted or joined is not None:
                 self._leave(conn, channel)
             raise
         finally:
@@ -165,8 +150,7 @@ class Hub:
                 conn.recovering = None
         position = recovery.position
         recovered = recovery.recovered if since is not None else None
-        joined = None if counted else self._join(conn, channel)
-        conn.send(self._subscribed(channel, position, recovered, reply))
+        conn.send(self._subscribed(channel, position, recovered, reply, presence))
         # Where this connection's stream on the channel starts: after `since` when the gap
         # was recovered, else at the current position.
         start = since.offset if since is not None and recovered else position.offset
@@ -180,10 +164,12 @@ class Hub:
                 conn.send(frame)
         conn.subscriptions[channel] = start + 1
         for pub in held:
+            if pub.epochs.get(channel) != position.epoch:
+                continue  # from before a reset (an outage): the position read is newer
             if pub.offsets[channel] > last and not (state is not None and state.covers(pub)):
                 conn.send(pub.payload(channel))
         if joined is not None:
-            await self._announce(channel, "user_joined", joined)
+            await self.bus.announce(channel, joined, joined=True)
 
     @staticmethod
     def _delivered_elsewhere(conn: Connection, pub: Publication, channel: str) -> bool:
@@ -199,14 +185,27 @@ class Hub:
         position: Position,
         recovered: bool | None,
         reply: dict[str, Any] | None,
+        presence: list[Member] | None = None,
     ) -> bytes:
         fields: dict[str, Any] = dict(reply or {})
         fields.update(channel=channel, offset=position.offset, epoch=position.epoch)
         if recovered is not None:
             fields["recovered"] = recovered
-        if channel in self.presence:
-            fields["presence"] = [m.public() for m in self.presence[channel].values()]
+        if presence:
+            fields["presence"] = [m.public() for m in presence]
         return frames.encode("subscribed", **fields)
+
+    def on_reset(self, channel: str, position: Position) -> None:
+        """The channel's stream restarted at `position` with publications lost in between
+        (Redis lost them, or an instance published without Redis): each subscriber here
+        gets `subscribed` again with `recovered: false`, so it reloads instead of living
+        with a silent gap. A socket still subscribing reads its own position."""
+        frame = self._subscribed(channel, position, False, None)
+        for conn in self.channels.get(channel, ()):
+            if conn.recovering is not None and channel in conn.recovering:
+                continue
+            conn.subscriptions[channel] = position.offset + 1
+            conn.send(frame)
 
     async def unsubscribe(self, conn: Connection, channel: str) -> bool:
         if conn.subscriptions.pop(channel, None) is None:
@@ -214,7 +213,7 @@ class Hub:
         self._discard(channel, conn)
         member = self._leave(conn, channel)
         if member is not None:
-            await self._announce(channel, "user_left", member)
+            await self.bus.announce(channel, member, joined=False)
         return True
 
     # -- presence ----------------------------------------------------------------------
@@ -226,42 +225,24 @@ class Hub:
         return self._join(conn, channel)
 
     async def announce_joined(self, channel: str, member: Member) -> None:
-        await self._announce(channel, "user_joined", member)
+        await self.bus.announce(channel, member, joined=True)
 
     def _join(self, conn: Connection, channel: str) -> Member | None:
-        """Count the socket on a presence channel; the Member when it is its user's first."""
+        """Count the socket on a presence channel; the Member when it is its user's first
+        here."""
         if not self.presence_on(channel):
             return None
-        members = self.presence.setdefault(channel, {})
-        member = members.get(conn.member_id)
-        if member is None:
-            member = members[conn.member_id] = Member(
-                conn.member_label, conn.member_name, key=conn.member_id
-            )
-        member.sockets += 1
-        return member if member.sockets == 1 else None
+        return self.bus.count_in(channel, conn.member_id, conn.member_name, label=conn.member_label)
 
     def _leave(self, conn: Connection, channel: str) -> Member | None:
-        """Uncount the socket; the Member when that was its user's last socket there."""
-        members = self.presence.get(channel)
-        member = members.get(conn.member_id) if members else None
-        if members is None or member is None:
+        """Uncount the socket; the Member when that was its user's last socket here."""
+        if not self.presence_on(channel):
             return None
-        member.sockets -= 1
-        if member.sockets > 0:
-            return None
-        del members[conn.member_id]
-        if not members:
-            del self.presence[channel]
-        return member
-
-    async def _announce(self, channel: str, kind: str, member: Member) -> None:
-        await self.bus.publish_ephemeral(
-            channel, kind, {"data": member.public()}, exclude=member.key
-        )
+        return self.bus.count_out(channel, conn.member_id)
 
     def members(self, channel: str) -> list[Member]:
-        return list(self.presence.get(channel, {}).values())
+        """This instance's members (seed views); the bus's `members` sees every instance."""
+        return self.bus.presence.members(channel)
 
     # -- fan-out -----------------------------------------------------------------------
 

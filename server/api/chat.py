@@ -73,7 +73,7 @@ async def room_connections(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     room = args["room"]
     channel = room_channel(room)
     ctx.policy.check_read(ctx.principal, channel)
-    members = ctx.services.chat.members(room)
+    members = await ctx.services.chat.members(room)
     sockets = sorted(ctx.hub.channels.get(channel, ()), key=lambda c: c.client_id)
     items = [
         {

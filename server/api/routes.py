@@ -9,6 +9,7 @@ from aiohttp import web
 
 from server import codec
 from server.api import auth, chat, notifications, predictions, readings, sensors, system
+from server.api.dashboard import setup_dashboard
 from server.api.middleware import (
     REST_LIMITER,
     RestLimiter,
@@ -127,5 +128,6 @@ def setup_routes(app: web.Application) -> None:
     # Seed aliases, including /ws/{x} (the chat shortcut): SPEC §10.
     notify_ok = rest_handler(operations[("notifications", "create")], status=200)
     routes += seed_routes(app, notify_ok)
+    routes += setup_dashboard(app)
     for route in routes:
         cors.add(route)

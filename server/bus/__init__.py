@@ -1,8 +1,9 @@
 """The event bus: services publish a Publication; receivers (the hub) get it via aiosignal.
 
-A Backend assigns per-channel offsets, keeps recent history for recovery and hands each
-publication back to `Bus.deliver`; `local` does that in memory, `redis` (scale-out) will do it
-through Redis, so neither services nor the hub change with the backend.
+A Backend assigns per-channel offsets and epochs, keeps recent history for recovery, knows
+who is present where, and hands each publication back to `Bus.deliver`; `local` does that
+in memory, `redis` (server/bus/redis.py) through Redis for every instance. Services and the
+hub ask only the bus, whichever backend it has.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiosignal import Signal
 
 from server import codec
+from server.bus.presence import Member, PresenceTable
 
 if TYPE_CHECKING:
     from server.compat import Dialect
@@ -32,7 +34,8 @@ class Publication:
     type: str
     body: dict[str, Any]
     timestamp: str = field(default_factory=codec.isotime)
-    epoch: str = ""
+    # Per channel: each channel's epoch is its own (made with the channel's state).
+    epochs: dict[str, str] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     # Presence and typing: for whoever is subscribed now; no offset, no history, no recovery.
     ephemeral: bool = False
@@ -43,6 +46,11 @@ class Publication:
     _payloads: dict[str, bytes] | None = field(default=None, repr=False)
     # (dialect, channel) -> that seed protocol's bytes (server.compat), or None: not sent.
     _translated: dict[tuple[Dialect, str], bytes | None] | None = field(default=None, repr=False)
+
+    @property
+    def epoch(self) -> str:
+        """The first channel's epoch: where a publish call says it landed."""
+        return self.epochs.get(self.channels[0], "")
 
     def payload(self, channel: str) -> bytes:
         """The frame's JSON bytes with `channel`/`offset` naming `channel`; cached.
@@ -66,7 +74,7 @@ class Publication:
                 "type": self.type,
                 "channel": channel,
                 "offset": self.offsets[channel],
-                "epoch": self.epoch,
+                "epoch": self.epochs[channel],
                 "timestamp": self.timestamp,
             }
         frame.update(self.body)
@@ -86,6 +94,16 @@ class Publication:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRule:
+    """How much of a channel's past is kept: `size` publications (0: none), for `ttl`
+    seconds (0: until pushed out), within `max_bytes` of payload (0: no cap)."""
+
+    size: int
+    ttl: float
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     offset: int
     epoch: str
@@ -99,41 +117,77 @@ class Recovery:
 
 
 Deliver = Callable[[list[Publication]], Awaitable[None]]
+# A channel's stream on this instance restarted at Position without the publications in
+# between (Redis lost them, or they were made on an instance cut off from Redis): its
+# subscribers are told `recovered: false`.
+Reset = Callable[[str, "Position"], None]
 
 
 class Backend(Protocol):
-    epoch: str
+    """What a bus backend provides; tests/bus/test_contract.py runs over every one."""
 
-    async def start(self, deliver: Deliver) -> None: ...
+    maintain_interval: float
+
+    async def start(self, deliver: Deliver, reset: Reset, presence: PresenceTable) -> None: ...
     async def stop(self) -> None: ...
     async def publish(self, publications: list[Publication]) -> None:
-        """Assign offsets and epoch to each, in order, keep history, then deliver the batch
-        (here, or on every instance)."""
+        """Assign offsets and epochs to each, in order, keep history, then deliver the batch
+        on every instance that listens to one of its channels."""
 
+    async def publish_ephemeral(self, publication: Publication) -> None:
+        """No offset, no history: to whoever listens now, on every instance."""
+
+    async def listen(self, channel: str) -> None:
+        """This instance has subscribers there: from when this returns, every publication on
+        the channel reaches `deliver` here."""
+
+    def unlisten(self, channel: str) -> None: ...
     async def position(self, channel: str) -> Position: ...
     async def recover(self, channel: str, since: Position) -> Recovery:
         """Publications after `since`, oldest first; recovered=False when the gap is lost."""
 
-    def trim(self) -> int:
-        """Drop expired history; returns how many publications were dropped."""
+    async def present(self, channel: str, member: Member, joined: bool) -> None:
+        """`member`'s first socket here arrived (joined) or its last one here left: announces
+        `user_joined` / `user_left` when that makes the user's first socket, or last one,
+        on every instance."""
+
+    async def members(self, channel: str) -> list[Member]:
+        """Who is on the channel, on every instance (sockets summed)."""
+
+    async def presence_channels(self) -> dict[str, list[Member]]: ...
+    async def maintain(self) -> int:
+        """The periodic job (jobs.py): trims expired history, evicts idle channels, keeps this
+        instance's presence alive and expires dead instances'. Returns items dropped."""
+
+    def health(self) -> dict[str, Any]:
+        """{"status": "ok"|"down", ...} for /health."""
 
 
 class Bus:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, instance: str = "") -> None:
         self.backend = backend
+        # Which process this is, in stats and in Redis presence.
+        self.instance = instance
+        # This instance's members per presence channel (the backend shares what it needs).
+        self.presence = PresenceTable()
         # Receivers get batches of publications in publishing order. They are added during
         # app setup, then the signal is frozen at start.
         self.on_publication: Signal[list[Publication]] = Signal(self)
+        self.on_reset: list[Reset] = []
 
     async def start(self) -> None:
         self.on_publication.freeze()
-        await self.backend.start(self.deliver)
+        await self.backend.start(self.deliver, self.reset, self.presence)
 
     async def stop(self) -> None:
         await self.backend.stop()
 
     async def deliver(self, publications: list[Publication]) -> None:
         await self.on_publication.send(publications)
+
+    def reset(self, channel: str, position: Position) -> None:
+        for receiver in self.on_reset:
+            receiver(channel, position)
 
     async def publish(
         self, channels: Sequence[str], type: str, body: dict[str, Any]
@@ -165,11 +219,47 @@ class Bus:
         self, channel: str, type: str, body: dict[str, Any], exclude: str | None = None
     ) -> None:
         """Presence and typing: to the channel's current subscribers (except `exclude`'s
-        sockets), without an offset or a place in history."""
-        await self.deliver([Publication((channel,), type, body, ephemeral=True, exclude=exclude)])
+        sockets) on every instance, without an offset or a place in history."""
+        pub = Publication((channel,), type, body, ephemeral=True, exclude=exclude)
+        await self.backend.publish_ephemeral(pub)
+
+    async def listen(self, channel: str) -> None:
+        await self.backend.listen(channel)
+
+    def unlisten(self, channel: str) -> None:
+        self.backend.unlisten(channel)
 
     async def position(self, channel: str) -> Position:
         return await self.backend.position(channel)
 
     async def recover(self, channel: str, since: Position) -> Recovery:
         return await self.backend.recover(channel, since)
+
+    # -- presence ------------------------------------------------------------------------
+
+    def count_in(
+        self, channel: str, member_id: str, name: str, label: str | None = None
+    ) -> Member | None:
+        """Count one more socket of a member here, at once (before any await); the Member
+        when it is that member's first socket here (to `announce`). `member_id` is the
+        identity (Member.key), `label` the user_id clients see (default: the id)."""
+        member = self.presence.count(channel, member_id, label or member_id, name)
+        return member if member.sockets == 1 else None
+
+    def count_out(self, channel: str, member_id: str) -> Member | None:
+        """One socket fewer; the Member when that was its last one here (to `announce`)."""
+        member = self.presence.uncount(channel, member_id)
+        return member if member is not None and member.sockets <= 0 else None
+
+    async def announce(self, channel: str, member: Member, joined: bool) -> None:
+        """Tell the backend, and through it every instance, of a count_in / count_out."""
+        await self.backend.present(channel, member, joined)
+
+    async def maintain(self) -> int:
+        return await self.backend.maintain()
+
+    async def members(self, channel: str) -> list[Member]:
+        return await self.backend.members(channel)
+
+    async def presence_channels(self) -> dict[str, list[Member]]:
+        return await self.backend.presence_channels()

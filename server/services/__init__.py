@@ -8,7 +8,6 @@ from typing import Any
 
 from server.bus import Bus
 from server.config import Config
-from server.hub import Hub
 from server.services.chat import ChatService
 from server.services.events import EventService
 from server.services.notifications import NotificationService
@@ -34,10 +33,10 @@ class Services:
     reporters: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
 
-def create_services(storage: Storage, bus: Bus, config: Config, hub: Hub) -> Services:
+def create_services(storage: Storage, bus: Bus, config: Config) -> Services:
     return Services(
         storage=storage,
-        chat=ChatService(storage, bus, config.chat, hub.presence),
+        chat=ChatService(storage, bus, config.chat),
         events=EventService(bus),
         notifications=NotificationService(storage, bus, config.notifications),
         predictions=PredictionService(storage, bus),

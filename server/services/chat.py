@@ -1,6 +1,7 @@
 """Chat: rooms, messages, history, read receipts and typing (pure of HTTP).
 
-A room `r` is the channel `chat:r`. Who is in a room is the hub's presence on that channel;
+A room `r` is the channel `chat:r`. Who is in a room is the bus's presence on that channel
+(every instance's);
 what was said is in storage. WebSocket frames and REST views both come here.
 """
 
@@ -8,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from server import codec
 from server.auth import identity_label
 from server.bus import Bus
+from server.bus.presence import Member
 from server.channel_names import as_validator
 from server.config import ChatConfig
 from server.errors import BadRequest, NotFound, ValidationFailed
-from server.hub import Member
 from server.services.events import receipt
 from server.services.paging import decode_id_cursor, encode_cursor
 from server.storage import Row, Storage
@@ -90,13 +91,10 @@ class ChatService:
         storage: Storage,
         bus: Bus,
         config: ChatConfig,
-        presence: Mapping[str, Mapping[str, Member]],
     ) -> None:
         self.storage = storage
         self.bus = bus
         self.config = config
-        # The hub's live presence: channel -> member id -> Member.
-        self.presence = presence
         self.messages_stored = 0
         # (room, member id) -> the timer that ends that member's typing.
         self._typing: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -205,24 +203,25 @@ class ChatService:
 
     # -- rooms -----------------------------------------------------------------------------
 
-    def members(self, room: str) -> list[Member]:
-        return list(self.presence.get(room_channel(check_room(room)), {}).values())
+    async def members(self, room: str) -> list[Member]:
+        return await self.bus.members(room_channel(check_room(room)))
 
     async def rooms(self) -> dict[str, Any]:
         """Rooms with history or members now, by name."""
         stored = {r["name"]: r for r in await queries.select_rooms(self.storage)}
+        presence = await self.bus.presence_channels()
         names = set(stored)
-        names.update(room for ch in self.presence if (room := room_of(ch)) is not None)
+        names.update(room for ch in presence if (room := room_of(ch)) is not None)
         items = []
         for name in sorted(names):
             row = stored.get(name)
-            members = self.presence.get(room_channel(name), {})
+            members = presence.get(room_channel(name), [])
             items.append(
                 {
                     "room": name,
                     "channel": room_channel(name),
                     "users": len(members),
-                    "connections": sum(m.sockets for m in members.values()),
+                    "connections": sum(m.sockets for m in members),
                     "messages": row["messages"] if row else 0,
                     "last_message_at": codec.isotime(row["last_message_at"])
                     if row and row["last_message_at"]

@@ -45,7 +45,7 @@ async def test_anonymous_label_and_token_user_are_two_members(client: TestClient
         {"user_id": "1", "username": "Ana"},
     ]
     assert joined["data"] == {"user_id": "1", "username": "Ana"}
-    members = client.app[SERVICES].chat.members("lobby")
+    members = await client.app[SERVICES].chat.members("lobby")
     assert sorted(m.key for m in members) == ["1", "anonymous:1"]
 
     # The anonymous label's typing reaches the real user 1: it is not "their own".
@@ -56,7 +56,7 @@ async def test_anonymous_label_and_token_user_are_two_members(client: TestClient
     await fake.close()
     left = await real.recv_type("user_left")
     assert left["data"] == {"user_id": "1", "username": "Ana"}
-    assert [m.key for m in client.app[SERVICES].chat.members("lobby")] == ["1"]
+    assert [m.key for m in await client.app[SERVICES].chat.members("lobby")] == ["1"]
 
 
 async def test_anonymous_label_never_authors_or_reads_as_the_user(client: TestClient):

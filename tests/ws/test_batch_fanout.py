@@ -77,7 +77,7 @@ async def test_a_recovering_socket_gets_a_batch_after_its_history_without_duplic
         {
             "type": "subscribe",
             "channel": "readings",
-            "since": {"offset": 0, "epoch": bus.backend.epoch},
+            "since": {"offset": 0, "epoch": (await bus.position("readings")).epoch},
         }
     )
 

@@ -22,7 +22,7 @@ async def test_subscribe_and_unsubscribe(client, connect):
     sub = await ws.request({"type": "subscribe", "id": 3, "channel": "sensors:5"})
     assert sub["type"] == "subscribed"
     assert (sub["id"], sub["channel"], sub["offset"]) == (3, "sensors:5", 0)
-    assert sub["epoch"] == client.app[BUS].backend.epoch
+    assert sub["epoch"] == (await client.app[BUS].position("sensors:5")).epoch
     await client.app[BUS].publish(["sensors:5"], "event", {"data": "x"})
     assert (await ws.recv_type("event"))["data"] == "x"
     unsub = await ws.request({"type": "unsubscribe", "id": 4, "channel": "sensors:5"})
@@ -141,7 +141,8 @@ async def test_client_publish_where_allowed_reaches_subscribers_and_is_acknowled
     assert own["data"] == {"text": "hi"}
     ack = await sender.recv_type("response")
     assert ack["id"] == "m1"
-    assert ack["data"] == {"channel": "lobby", "offset": 1, "epoch": client.app[BUS].backend.epoch}
+    epoch = (await client.app[BUS].position("lobby")).epoch
+    assert ack["data"] == {"channel": "lobby", "offset": 1, "epoch": epoch}
     event = await reader.recv_type("event")
     assert (event["channel"], event["offset"], event["data"]) == ("lobby", 1, {"text": "hi"})
 

@@ -14,7 +14,7 @@ async def test_offsets_increase_by_one_per_publication(client, connect):
     frames = [await ws.recv_type("event") for _ in range(5)]
     assert [f["offset"] for f in frames] == [1, 2, 3, 4, 5]
     assert [f["data"] for f in frames] == [0, 1, 2, 3, 4]
-    assert {f["epoch"] for f in frames} == {bus.backend.epoch}
+    assert {f["epoch"] for f in frames} == {(await bus.position("readings")).epoch}
 
 
 async def test_overlapping_channels_deliver_once(client, connect):
@@ -48,7 +48,7 @@ async def test_recovery_sends_missed_publications_after_subscribed_then_live(cli
     for i in range(3):
         await bus.publish(["feed"], "event", {"data": i})
     ws = await connect()
-    epoch = bus.backend.epoch
+    epoch = (await bus.position("feed")).epoch
     await ws.send(
         {"type": "subscribe", "id": 1, "channel": "feed", "since": {"offset": 1, "epoch": epoch}}
     )
@@ -80,7 +80,11 @@ async def test_gap_older_than_history_is_not_recovered(make_client):
         await bus.publish(["feed"], "event", {})
     ws = await open_ws(client)
     sub = await ws.request(
-        {"type": "subscribe", "channel": "feed", "since": {"offset": 1, "epoch": bus.backend.epoch}}
+        {
+            "type": "subscribe",
+            "channel": "feed",
+            "since": {"offset": 1, "epoch": (await bus.position("feed")).epoch},
+        }
     )
     assert (sub["recovered"], sub["offset"]) == (False, 5)
     await ws.nothing()
@@ -104,7 +108,11 @@ async def test_publications_during_recovery_are_held_and_sent_after_without_dupl
     backend.recover = recover_while_publishing
     ws = await connect()
     await ws.send(
-        {"type": "subscribe", "channel": "feed", "since": {"offset": 0, "epoch": backend.epoch}}
+        {
+            "type": "subscribe",
+            "channel": "feed",
+            "since": {"offset": 0, "epoch": (await bus.position("feed")).epoch},
+        }
     )
     sub = await ws.recv_type("subscribed")
     assert sub["recovered"] is True
@@ -116,16 +124,17 @@ async def test_publications_during_recovery_are_held_and_sent_after_without_dupl
 
 async def test_recovery_never_sends_one_publication_twice_on_a_connection(client, connect):
     bus = client.app[BUS]
-    epoch = bus.backend.epoch
     await bus.publish(["a", "b"], "event", {"data": "both"})
     await bus.publish(["b"], "event", {"data": "b-only"})
     ws = await connect()
+    epoch = (await bus.position("a")).epoch
     sub_a = await ws.request(
         {"type": "subscribe", "channel": "a", "since": {"offset": 0, "epoch": epoch}}
     )
     assert sub_a["recovered"] is True
     first = await ws.recv_type("event")
     assert (first["channel"], first["data"]) == ("a", "both")
+    epoch = (await bus.position("b")).epoch
     sub_b = await ws.request(
         {"type": "subscribe", "channel": "b", "since": {"offset": 0, "epoch": epoch}}
     )
@@ -141,7 +150,11 @@ async def test_live_delivery_on_one_channel_is_not_repeated_by_recovering_anothe
     await bus.publish(["a", "b"], "event", {"data": "both"})
     assert (await ws.recv_type("event"))["channel"] == "a"
     sub = await ws.request(
-        {"type": "subscribe", "channel": "b", "since": {"offset": 0, "epoch": bus.backend.epoch}}
+        {
+            "type": "subscribe",
+            "channel": "b",
+            "since": {"offset": 0, "epoch": (await bus.position("b")).epoch},
+        }
     )
     assert sub["recovered"] is True
     await ws.nothing()
@@ -153,8 +166,9 @@ async def test_position_without_since_is_the_current_offset(client, connect):
     await bus.publish(["feed"], "event", {})
     ws = await connect()
     sub = await ws.request({"type": "subscribe", "channel": "feed"})
-    assert (sub["offset"], sub["epoch"]) == (2, bus.backend.epoch)
-    assert await bus.position("feed") == Position(2, bus.backend.epoch)
+    epoch = (await bus.position("feed")).epoch
+    assert (sub["offset"], sub["epoch"]) == (2, epoch)
+    assert await bus.position("feed") == Position(2, epoch)
 
 
 class _BrokenTransport:

@@ -22,9 +22,9 @@ async def test_connection_frame_then_subscribed_for_each_query_channel(client):
     assert hello["timestamp"].endswith("Z")
     # Registered before the frame is sent: stats already count it.
     assert "dash-1" in client.app[HUB].clients
-    epoch = client.app[HUB].bus.backend.epoch
     for channel in ("sensors", "readings:42"):
         sub = await ws.recv_type("subscribed")
+        epoch = (await client.app[HUB].bus.position(channel)).epoch
         assert (sub["channel"], sub["offset"], sub["epoch"]) == (channel, 0, epoch)
         assert "recovered" not in sub
 
