@@ -255,12 +255,18 @@ class Server:
         for section, values in (extra or {}).items():
             data.setdefault(section, {}).update(values)
         self.dir = tmp_path
+        self.data = data
         self.config = write_config(tmp_path, data)
         self.stdout = tmp_path / "server.out"
         self.stderr = tmp_path / "server.err"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.url:
+            # A restart serves on the port the first start was given, where its clients
+            # reconnect; it was this test's own server a moment ago.
+            self.data["server"]["port"] = int(self.url.rsplit(":", 1)[1])
+            self.config = write_config(self.dir, self.data)
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server", "--config", str(self.config), "serve"],
