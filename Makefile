@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 
-.PHONY: run test lint bench migrate clean services
+.PHONY: run test lint bench migrate clean services install
 
 # Reinstall when the dependency list changes; the stamps keep repeat runs instant.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -35,6 +35,11 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/sensorcast --config $(CONFIG) bench
+
+# The app, its venv, /etc/sensorcast, /var/lib/sensorcast and the systemd unit (README:
+# Deployment with systemd). DESTDIR and PREFIX (default /opt/sensorcast) pass through.
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(or $(PREFIX),/opt/sensorcast)" deploy/install.sh $(INSTALL_FLAGS)
 
 clean:
 	rm -rf $(VENV) var bench/results .pytest_cache .mypy_cache .ruff_cache *.egg-info

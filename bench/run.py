@@ -19,7 +19,7 @@ measurement windows alternate, because a shared VM's speed drifts by tens of per
 minutes and sequential runs would put that drift into the ratios. Prints a table and writes
 bench/results/bench-<UTC>.json and latest.json.
 
-    python bench/run.py [--quick] [--only fanout,latency,memory,ingest] [--subscribers N]
+    python bench/run.py [--quick] [--only fanout,latency,memory,ingest,mqtt,sse] [--subscribers N]
 """
 
 from __future__ import annotations
@@ -51,10 +51,12 @@ if str(BENCH_DIR) not in sys.path:  # imported as a module rather than run as a 
     sys.path.insert(0, str(BENCH_DIR))
 
 import ingest  # noqa: E402  (needs the sys.path line above)
+import latest  # noqa: E402
 import loadgen as lg  # noqa: E402
 import mqtt  # noqa: E402
 import parsing  # noqa: E402
 import scaleout  # noqa: E402
+import sse as sse_bench  # noqa: E402
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"
@@ -64,7 +66,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
 SERVERS = ("sensorcast", "reference")
-PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "scaleout", "parse")
+PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "scaleout", "latest", "sse", "parse")
 
 # Targets for Sensorcast / reference ratios (and one absolute bound).
 TARGET_CPU_RATIO = 0.8
@@ -876,6 +878,10 @@ def comparisons(
         rows += scaleout.comparison_rows((sc or {}).get("scaleout"), scaleout.ScaleoutParams())
     if "mqtt" in p.phases:
         rows += mqtt.comparison_rows((sc or {}).get("mqtt"))
+    if "latest" in p.phases:
+        rows += latest.comparison_rows((sc or {}).get("latest"))
+    if "sse" in p.phases:
+        rows += sse_bench.comparison_rows((sc or {}).get("sse"))
     if "parse" in p.phases:
         rows += parsing.comparison_rows((sc or {}).get("parse"))
     return rows
@@ -1053,6 +1059,12 @@ async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]
             print(f"  [scaleout] failed: {type(exc).__name__}: {exc}", flush=True)
     if "mqtt" in p.phases and sensorcast is not None and "error" not in sensorcast:
         results["sensorcast"]["mqtt"] = await mqtt.measure(running, cores[0])
+    if "latest" in p.phases and sensorcast is not None and "error" not in sensorcast:
+        results["sensorcast"]["latest"] = await latest.measure(cores[0])
+    if "sse" in p.phases and sensorcast is not None and "error" not in sensorcast:
+        sensorcast["sse"] = await sse_bench.measure(
+            lambda: running("sensorcast", cores[0]), sse_bench.SseParams(subscribers=p.subscribers)
+        )
     if "parse" in p.phases and sensorcast is not None:
         results["sensorcast"]["parse"] = parsing.measure()
     if "fanout" not in p.phases and "latency" not in p.phases:

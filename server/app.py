@@ -14,7 +14,9 @@ import aiojobs
 from aiohttp import web
 
 from server import codec
-from server.api.middleware import shape_router_errors
+from server.api import sse
+from server.api.asyncapi import build_asyncapi
+from server.api.middleware import REST_LIMITER, shape_router_errors
 from server.api.routes import setup_routes
 from server.auth import Authenticator
 from server.bus import Backend, Bus
@@ -25,8 +27,25 @@ from server.compat import seed001
 from server.config import Config
 from server.hub import Hub
 from server.ingest.mqtt import mqtt_ctx
-from server.jobs import maintain_bus
-from server.keys import AUTH, BUS, CONFIG, DISPATCHER, HUB, JOBS, OPERATIONS, POLICY, SERVICES
+from server.jobs import maintain_bus, systemd_heartbeat, watch_dependencies
+from server.keys import (
+    ASYNCAPI,
+    AUTH,
+    BUS,
+    CONFIG,
+    DISPATCHER,
+    HUB,
+    JOBS,
+    METRICS,
+    MQTT,
+    NOTIFIER,
+    OPERATIONS,
+    POLICY,
+    SERVICES,
+    SSE_STREAMS,
+)
+from server.metrics import Metrics, namespace_labeller
+from server.notify import Notifier
 from server.services import Services, create_services
 from server.storage import Storage, StorageError, open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
@@ -42,16 +61,23 @@ STRONG_TOKEN_LENGTH = 16
 RETENTION_SECONDS = 3600.0
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, notifier: Notifier | None = None) -> web.Application:
+    """`notifier`: sd_notify (serve passes one from the environment; tests a test socket)."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[NOTIFIER] = notifier or Notifier()
     app.on_response_prepare.append(shape_router_errors)
     app[CONFIG] = config
     app[AUTH] = Authenticator(config.auth, config.var_dir, config.base_dir)
     policy = app[POLICY] = ChannelPolicy(config.channels, config.history)
     instance = instance_name()
     bus = app[BUS] = Bus(make_backend(config, policy, instance), instance)
-    hub = app[HUB] = Hub(bus, policy.presence_enabled)
+    hub = app[HUB] = Hub(bus, policy.presence_enabled, namespace_labeller(_namespaces(config)))
+    app[SSE_STREAMS] = set()
     setup_routes(app)
+    limiter = app.get(REST_LIMITER)
+    metrics = app[METRICS] = Metrics(hub, lambda: limiter.refused if limiter else 0)
+    hub.observe_latency = metrics.publish_latency.observe
+    metrics.mqtt = lambda: _mqtt_counts(app)
     app[DISPATCHER] = commands.Dispatcher(
         hub,
         policy,
@@ -62,9 +88,13 @@ def create_app(config: Config) -> web.Application:
         adopt=seed001.adopt,
         auth=app[AUTH],
     )
+    # Seed 001's envelope is a dialect (SPEC §10), not part of the native protocol.
+    native = (c for c in app[DISPATCHER].commands.values() if c.type != seed001.REQUEST_TYPE)
+    app[ASYNCAPI] = codec.dumps(build_asyncapi(native))
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    app.on_shutdown.append(_stopping)
     if config.mqtt.enabled:
         app.cleanup_ctx.append(mqtt_ctx)
     app.on_shutdown.append(close_all)
@@ -78,6 +108,29 @@ def create_app(config: Config) -> web.Application:
                 STRONG_TOKEN_LENGTH,
             )
     return app
+
+
+def _mqtt_counts(app: web.Application) -> tuple[int, int] | None:
+    bridge = app.get(MQTT)
+    return (bridge.stats.accepted, bridge.stats.rejected) if bridge is not None else None
+
+
+def _redis_up(app: web.Application) -> bool | None:
+    if app[CONFIG].bus.backend != "redis":
+        return None
+    return bool(app[BUS].backend.health()["status"] == "ok")
+
+
+def _mqtt_up(app: web.Application) -> bool | None:
+    bridge = app.get(MQTT)
+    return bridge.describe()["state"] == "connected" if bridge is not None else None
+
+
+def _namespaces(config: Config) -> set[str]:
+    """Namespaces named in the config: the `namespace` label values besides the server's."""
+    routes = [r.channel for r in config.notifications.routes]
+    channels = [*routes, config.notifications.default_channel]
+    return set(config.channels.namespaces) | {c.partition(":")[0] for c in channels}
 
 
 def instance_name() -> str:
@@ -102,7 +155,11 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     db = config.database
     storage = await open_storage(
-        db.url, base_dir=config.base_dir, pool_min=db.pool_min, pool_max=db.pool_max
+        db.url,
+        base_dir=config.base_dir,
+        pool_min=db.pool_min,
+        pool_max=db.pool_max,
+        acquire_timeout=db.acquire_timeout,
     )
     try:
         await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
@@ -118,6 +175,7 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     yield
     await bus.stop()
+    app[HUB].conflator.close()
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -125,10 +183,33 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
     await scheduler.spawn(maintain_bus(app[BUS]), name="bus-upkeep")
     await scheduler.spawn(
+        sse.keepalive(app[SSE_STREAMS], app[CONFIG].sse.keepalive), name="sse-keepalive"
+    )
+    await scheduler.spawn(
         _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
     )
+    await scheduler.spawn(
+        watch_dependencies(
+            app[SERVICES].storage,
+            app[METRICS].dependency_up,
+            {"redis": lambda: _redis_up(app), "mqtt": lambda: _mqtt_up(app)},
+        ),
+        name="dependency-check",
+    )
+    notifier = app[NOTIFIER]
+    if notifier.enabled:
+        hub = app[HUB]
+        await scheduler.spawn(
+            systemd_heartbeat(notifier, lambda: len(hub.clients)), name="systemd-heartbeat"
+        )
     yield
     await scheduler.close()
+    notifier.close()
+
+
+async def _stopping(app: web.Application) -> None:
+    """First of on_shutdown: systemd shows the unit as deactivating from here on."""
+    app[NOTIFIER].stopping()
 
 
 async def expire_readings(storage: Storage, days: int) -> int:

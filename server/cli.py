@@ -1,4 +1,5 @@
-"""`sensorcast` / `python -m server`: serve, migrate, token, user, publish, tail, bench."""
+"""`sensorcast` / `python -m server`: serve, migrate, token, user, publish, tail, stats,
+check-config, bench. Every command has --help."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.config import ROLES, Config, ConfigError, load_config
+from server.config import ENV_CONFIG, ROLES, Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "config.yaml"
+SYSTEM_CONFIG = "/etc/sensorcast/config.yaml"
+# Where `serve` writes the URL it listens on, under var/: tail, publish and stats read it, so
+# `SENSORCAST_SERVER_PORT=18500 make run` and a `sensorcast tail` beside it agree.
+LISTENING_FILE = "listening"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="PATH",
-        help=f"config file (default: ./{DEFAULT_CONFIG} when it exists, else built-in defaults)",
+        help=f"config file (default: ${ENV_CONFIG}, else ./{DEFAULT_CONFIG}, else "
+        f"{SYSTEM_CONFIG}, else built-in defaults)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", help="run the server")
@@ -51,14 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     users.add_parser("list", help="list users")
     rm = users.add_parser("remove", help="remove a user (its issued tokens live until expiry)")
     rm.add_argument("name")
-    for name, help_ in (("publish", "publish an event"), ("tail", "print live events")):
+    sub.add_parser(
+        "check-config",
+        help="check the config; print the effective settings, secrets masked (exit 0 or 2)",
+    )
+    for name, help_ in (
+        ("publish", "publish an event"),
+        ("tail", "print live events"),
+        ("stats", "this instance's /api/v1/stats, readable"),
+    ):
         c = sub.add_parser(name, help=help_)
         c.add_argument("--url", help="server URL (default: from the config's host and port)")
         c.add_argument("--token", help="token to use (default: one minted from the local secret)")
         if name == "publish":
             c.add_argument("channel")
             c.add_argument("json", help="the event, as a JSON object")
-        else:
+        elif name == "tail":
             c.add_argument("channels", nargs="+", metavar="CHANNEL")
     # Its own flags (--quick, --only ...) pass through to bench/run.py: see main().
     sub.add_parser(
@@ -67,10 +81,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def find_config(given: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The config file, found the way services look: --config, $SENSORCAST_CONFIG,
+    ./config.yaml, /etc/sensorcast/config.yaml; None when there is none."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if given:
+        return given
+    if env.get(ENV_CONFIG):
+        return env[ENV_CONFIG]
+    for candidate in (DEFAULT_CONFIG, SYSTEM_CONFIG):
+        if Path(candidate).is_file():
+            return candidate
+    return None
+
+
 def _load(path: str | None) -> Config:
-    if path is None and Path(DEFAULT_CONFIG).is_file():
-        path = DEFAULT_CONFIG
-    return load_config(path)
+    found = find_config(path)
+    if found is None:
+        # Loud: built-in defaults mean a new var/ (database, JWT secret) in this directory,
+        # so tokens minted here fail on a server that has its own.
+        print(
+            f"sensorcast: warning: no config file (--config, ${ENV_CONFIG}, ./{DEFAULT_CONFIG}, "
+            f"{SYSTEM_CONFIG}); using built-in defaults with data in {Path.cwd() / 'var'}",
+            file=sys.stderr,
+        )
+    return load_config(found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,29 +139,56 @@ class _Fatal(Exception):
 
 
 def serve(config: Config, args: argparse.Namespace) -> int:
+    import logging
+
     import uvloop
     from aiohttp import web
 
     from server.app import create_app
+    from server.jobs import connections_status
     from server.logs import RedactingAccessLogger, setup_logging
+    from server.notify import Notifier
     from server.storage import StorageError
 
     setup_logging(config.logging)
+    notifier = Notifier.from_environ()
+    where = f"http://{config.server.host}:{config.server.port}"
+    wrote: list[bool] = []
+
+    def listening(_banner: str) -> None:
+        # run_app calls this once every site accepts: the moment systemd may route traffic.
+        # Instead of aiohttp's plain banner, one log line in the configured format.
+        logging.getLogger("server").info("listening on %s", where, extra={"event": "listening"})
+        notifier.ready(f"listening on {where}, {connections_status(0)}")
+        wrote.append(_write_listening(config, where))
+
     try:
         web.run_app(
-            create_app(config),
+            create_app(config, notifier),
             host=config.server.host,
             port=config.server.port,
             shutdown_timeout=config.server.shutdown_timeout,
             loop=uvloop.new_event_loop(),
             access_log_class=RedactingAccessLogger,
-            print=lambda msg: print(msg, file=sys.stderr, flush=True),
+            print=listening,
         )
     except StorageError as exc:
         raise _Fatal(str(exc)) from None
     except OSError as exc:
         raise _Fatal(f"cannot serve on {config.server.host}:{config.server.port}: {exc}") from None
+    finally:
+        if any(wrote):
+            (config.var_dir / LISTENING_FILE).unlink(missing_ok=True)
     return 0
+
+
+def _write_listening(config: Config, url: str) -> bool:
+    try:
+        config.var_dir.mkdir(parents=True, exist_ok=True)
+        (config.var_dir / LISTENING_FILE).write_text(url + "\n")
+        return True
+    except OSError:
+        return False  # read-only (systemd's ProtectSystem): tail uses the config's port
 
 
 def migrate(config: Config, args: argparse.Namespace) -> int:
@@ -241,11 +305,24 @@ def user(config: Config, args: argparse.Namespace) -> int:
     try:
         asyncio.run(run())
     except ApiError as exc:
-        details = f" ({exc.details})" if exc.details else ""
-        raise _Fatal(f"{exc.message}{details}") from None
+        raise _Fatal(explain(exc.message, exc.details)) from None
     except StorageError as exc:
         raise _Fatal(str(exc)) from None
     return 0
+
+
+def explain(message: str, details: Any) -> str:
+    """An error for a terminal: `validation failed: password: Shorter than minimum length 8.`
+    rather than a Python dict."""
+    if isinstance(details, dict) and details:
+        parts = []
+        for key, value in details.items():
+            text = "; ".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"{key}: {text}")
+        return f"{message}: {', '.join(parts)}"
+    if isinstance(details, list) and details:
+        return f"{message}: {'; '.join(map(str, details))}"
+    return message if not details else f"{message}: {details}"
 
 
 def _client_setup(config: Config, args: argparse.Namespace) -> tuple[str, str]:
@@ -254,11 +331,25 @@ def _client_setup(config: Config, args: argparse.Namespace) -> tuple[str, str]:
     host = config.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    url = (args.url or f"http://{host}:{config.server.port}").rstrip("/")
+    url = args.url or _listening(config) or f"http://{host}:{config.server.port}"
+    url = url.rstrip("/")
     tok = args.token or Authenticator(config.auth, config.var_dir, config.base_dir).mint(
         "cli", "service", 3600
     )
     return url, tok
+
+
+def _listening(config: Config) -> str | None:
+    """The URL a server using this config said it listens on (its port may come from an
+    environment variable this process does not have)."""
+    try:
+        url = (config.var_dir / LISTENING_FILE).read_text().strip()
+    except OSError:
+        return None
+    host = url.partition("://")[2].rpartition(":")[0]
+    if host in ("0.0.0.0", "::", "[::]"):
+        url = url.replace(host, "127.0.0.1", 1)
+    return url or None
 
 
 def publish(config: Config, args: argparse.Namespace) -> int:
@@ -275,6 +366,24 @@ def tail(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(tail_channels(url, tok, args.channels))
 
 
+def stats(config: Config, args: argparse.Namespace) -> int:
+    from server.client_cli import fetch_stats
+
+    url, tok = _client_setup(config, args)
+    return asyncio.run(fetch_stats(url, tok))
+
+
+def check_config(config: Config, args: argparse.Namespace) -> int:
+    """Reaching here means the config loaded and passed every check."""
+    import yaml
+
+    from server.config import effective_settings
+
+    print(yaml.safe_dump(effective_settings(config), sort_keys=False), end="")
+    print("config ok", file=sys.stderr)
+    return 0
+
+
 def bench(config: Config, args: argparse.Namespace) -> int:
     from server.bench_cli import run_bench
 
@@ -288,5 +397,7 @@ COMMANDS: dict[str, Any] = {
     "user": user,
     "publish": publish,
     "tail": tail,
+    "stats": stats,
+    "check-config": check_config,
     "bench": bench,
 }

@@ -81,3 +81,26 @@ async def tail_channels(url: str, token: str, channels: list[str]) -> int:
     except ClientError as exc:
         return _failed(exc)
     return 0
+
+
+async def fetch_stats(url: str, token: str) -> int:
+    """`sensorcast stats`: GET /api/v1/stats, printed as YAML (readable, still parsable)."""
+    import aiohttp
+    import yaml
+
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{url}/api/v1/stats", headers={"Authorization": f"Bearer {token}"}
+            ) as resp,
+        ):
+            body = await resp.read()
+    except aiohttp.ClientError as exc:
+        _say(f"cannot reach {url}: {exc}")
+        return 1
+    if resp.status >= 400:
+        _say(f"{url}/api/v1/stats answered {resp.status}: {body.decode()}")
+        return 1
+    print(yaml.safe_dump(orjson.loads(body), sort_keys=False), end="")
+    return 0

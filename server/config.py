@@ -7,10 +7,12 @@ but ConfigError, whose message is the one line the CLI prints before exiting.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +29,8 @@ from server.mqtt_topics import TopicError, broker_address, compile_pattern
 ENV_PREFIX = "SENSORCAST_"
 # Reserved for the test suite's own knobs (database URLs and the like).
 ENV_RESERVED = ("SENSORCAST_TEST_",)
+# Not a setting: which config file to read (the CLI's config discovery).
+ENV_CONFIG = "SENSORCAST_CONFIG"
 ROLES = ("admin", "service", "user", "device")
 ANONYMOUS = "anonymous"
 
@@ -61,6 +65,9 @@ class DatabaseConfig:
     pool_min: int = setting(1, validate.Range(min=0))
     pool_max: int = setting(10, validate.Range(min=1))
     auto_migrate: bool = True
+    # Seconds a request waits for a free connection (PostgreSQL's pool, SQLite's one
+    # connection) before it is answered 503 unavailable instead of queueing forever.
+    acquire_timeout: float = setting(10.0, validate.Range(min=0.01))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,12 @@ class WsConfig:
     max_connections_per_ip: int = setting(1000, validate.Range(min=0))
     duplicate_client_id: Literal["reject", "replace"] = "reject"
     compression: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SseConfig:
+    # Seconds between `: keepalive` comment lines on every Server-Sent Events stream.
+    keepalive: float = setting(15.0, validate.Range(min=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +228,12 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # GET /metrics needs `Authorization: Bearer <token>` when set; empty = open.
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class MqttConfig:
     """Device ingest from an MQTT broker (SPEC §11); off unless enabled."""
 
@@ -244,6 +263,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     ws: WsConfig = field(default_factory=WsConfig)
+    sse: SseConfig = field(default_factory=SseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
@@ -251,6 +271,7 @@ class Config:
     compat: CompatConfig = field(default_factory=CompatConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     # Directory of the config file: relative paths (SQLite file, var/) resolve against it.
     base_dir: Path = field(default_factory=Path.cwd)
@@ -269,17 +290,24 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """` (did you mean port?)` for a near miss, else ``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_RESERVED):
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_RESERVED) or name == ENV_CONFIG:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
         if section not in SECTIONS or not key:
-            raise ConfigError(f"{name}: names no setting (SENSORCAST_<SECTION>_<KEY>)")
+            hint = did_you_mean(section, SECTIONS)
+            raise ConfigError(f"{name}: names no setting (SENSORCAST_<SECTION>_<KEY>){hint}")
         hints = typing.get_type_hints(SECTIONS[section])
         if key not in hints:
-            raise ConfigError(f"{name}: {section}.{key} names no setting")
+            raise ConfigError(f"{name}: {section}.{key} names no setting{did_you_mean(key, hints)}")
         value: Any = raw
         if typing.get_origin(hints[key]) in (list, dict):
             try:
@@ -318,21 +346,71 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     sections: dict[str, Any] = {}
     for name, value in data.items():
         if name not in SECTIONS:
-            raise ConfigError(f"{name}: names no setting (sections: {', '.join(SECTIONS)})")
+            hint = did_you_mean(name, SECTIONS)
+            raise ConfigError(f"{name}: names no setting{hint} (sections: {', '.join(SECTIONS)})")
         if value is None:
             continue
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: must be a mapping of settings")
+        if name == "logging" and isinstance(value.get("level"), str):
+            # `warning` = `WARNING` (SPEC §1).
+            value = {**value, "level": value["level"].upper()}
         try:
             sections[name] = schema_for(SECTIONS[name]).load(value)
         except ValidationError as exc:
             key, problem = first_error(exc.messages)
             if problem == "Unknown field.":
-                problem = "names no setting"
+                problem = "names no setting" + _near_miss(SECTIONS[name], key)
             raise ConfigError(f"{name}.{key}: {problem}") from None
     config = Config(**sections, base_dir=base_dir)
     _check_cross_field(config)
     return config
+
+
+def _near_miss(section: type, path: str) -> str:
+    """A did-you-mean for an unknown key at `path` (dotted) inside `section`."""
+    tp: Any = section
+    *parents, last = path.split(".")
+    skip = False
+    for part in parents:
+        if skip:  # a mapping's key or a list's index, not a setting
+            skip = False
+            continue
+        tp = typing.get_type_hints(tp).get(part) if dataclasses.is_dataclass(tp) else None
+        origin = typing.get_origin(tp)
+        if origin in (list, dict):
+            tp, skip = typing.get_args(tp)[-1], True
+        if tp is None:
+            return ""
+    if not dataclasses.is_dataclass(tp) or skip:
+        return ""
+    return did_you_mean(last, typing.get_type_hints(tp))
+
+
+SECRET_KEYS = frozenset({"jwt_secret", "token", "password"})
+MASK = "***"
+
+
+def effective_settings(config: Config) -> dict[str, Any]:
+    """Every setting as loaded (file + environment + defaults), secrets masked: what
+    `sensorcast check-config` prints."""
+
+    def mask(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: mask(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        if key in SECRET_KEYS and value:
+            return MASK
+        if key == "url" and isinstance(value, str):
+            # user:password@host -> user:***@host
+            return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\1{MASK}@", value)
+        return value
+
+    data = {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
+    out: dict[str, Any] = mask(data)
+    out["config_dir"] = str(config.base_dir)
+    return out
 
 
 def _check_cross_field(config: Config) -> None:

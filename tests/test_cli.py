@@ -315,7 +315,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
         srv.kill()
 
 
-async def cli(server: Server, *args: str) -> asyncio.subprocess.Process:
+async def cli(server: Server, *args: str, url: bool = True) -> asyncio.subprocess.Process:
+    """`sensorcast --config ... ARGS [--url server.url]`; url=False: as a user types it."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -323,8 +324,7 @@ async def cli(server: Server, *args: str) -> asyncio.subprocess.Process:
         "--config",
         str(server.config),
         *args,
-        "--url",
-        server.url,
+        *(("--url", server.url) if url else ()),
         cwd=server.dir,
         env=clean_env(),
         stdout=asyncio.subprocess.PIPE,

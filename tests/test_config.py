@@ -157,7 +157,7 @@ def test_env_test_prefix_is_reserved_and_ignored():
 def test_unknown_key_in_file_names_it(tmp_path: Path):
     message = config_error(write(tmp_path, "ws: {max_queue_byte: 1}\n"))
 
-    assert message == "ws.max_queue_byte: names no setting"
+    assert message == "ws.max_queue_byte: names no setting (did you mean max_queue_bytes?)"
 
 
 def test_unknown_section_in_file_names_it(tmp_path: Path):
@@ -318,7 +318,9 @@ def test_unknown_key_inside_a_namespace_names_the_real_key(tmp_path: Path):
 
     message = config_error(path)
 
-    assert message == "channels.namespaces.chat.subscrib: names no setting"
+    assert message == (
+        "channels.namespaces.chat.subscrib: names no setting (did you mean subscribe?)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 
@@ -31,7 +33,7 @@ from server.errors import (
     TooLarge,
     Unauthorized,
 )
-from server.keys import AUTH
+from server.keys import AUTH, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class RestLimiter:
         # Injectable so a test can hold time still instead of racing the refill.
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
+        # Requests refused so far (sensorcast_rate_limited_total{transport="rest"}).
+        self.refused = 0
 
     def check(self, ip: str, now: float | None = None) -> None:
         """Count one request from `ip`; RateLimited (with retry_after) when over."""
@@ -63,6 +67,7 @@ class RestLimiter:
         tokens = min(self.burst, tokens + (now - updated) * self.rate)
         if tokens < 1.0:
             self._buckets[ip] = (tokens, now)
+            self.refused += 1
             retry = (1.0 - tokens) / self.rate
             raise RateLimited(retry_after=round(retry, 3))
         self._buckets[ip] = (tokens - 1.0, now)
@@ -99,41 +104,101 @@ def http_error(status: int, reason: str) -> ApiError:
     return _HTTP_ERRORS.get(status, BadRequest)(reason)
 
 
+REQUEST_ID = "X-Request-ID"
+# A client's own id is kept when it is a plain token of sane length, else a new one is made.
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id(request: web.BaseRequest) -> str:
+    """This request's id: the client's X-Request-ID, or a new one; the same all along."""
+    rid = request.get("request_id")
+    if rid is None:
+        given = request.headers.get(REQUEST_ID, "")
+        rid = given if _CLIENT_REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+        request["request_id"] = rid
+    return str(rid)
+
+
+def route_pattern(request: web.Request) -> str:
+    """The route's pattern (`/api/v1/sensors/{id}`), never the path: a bounded label."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def json_errors(handler: Handler) -> Handler:
-    """Wrap an HTTP handler: ApiError, aiohttp HTTP errors and crashes -> the error shape."""
+    """Wrap an HTTP handler: ApiError, aiohttp HTTP errors and crashes -> the error shape
+    (with error.request_id); the request's duration goes to the histogram."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            # Only HTTP handlers are wrapped: WebSocket upgrades and frames never count here
-            # (sockets have ws.rate_limit per connection and connection limits per IP).
-            limiter = request.app.get(REST_LIMITER)
-            if limiter is not None:
-                limiter.check(request.remote or "unknown")
-            return await handler(request)
-        except ApiError as exc:
-            return error_response(exc)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            response = error_response(http_error(exc.status, exc.reason))
-            response.set_status(exc.status, exc.reason)
-            return response
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return error_response(ApiError())
+        started = time.perf_counter()
+        response = await _answer(handler, request)
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.http_duration.labels(
+                request.method, route_pattern(request), str(response.status)
+            ).observe(time.perf_counter() - started)
+        return response
 
     return wrapped
 
 
+async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
+    try:
+        # Only HTTP handlers are wrapped: WebSocket upgrades and frames never count here
+        # (sockets have ws.rate_limit per connection and connection limits per IP).
+        limiter = request.app.get(REST_LIMITER)
+        if limiter is not None:
+            limiter.check(request.remote or "unknown")
+        return await handler(request)
+    except ApiError as exc:
+        if isinstance(exc, Unauthorized):
+            # Who failed to authenticate, never with what: no token reaches the log.
+            log.warning(
+                "auth failure from %s on %s %s: %s",
+                request.remote,
+                request.method,
+                request.path,
+                exc.message,
+                extra={
+                    "event": "auth_failure",
+                    "remote": request.remote,
+                    "request_id": request_id(request),
+                },
+            )
+        return error_response(exc, request_id(request))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(http_error(exc.status, exc.reason), request_id(request))
+        response.set_status(exc.status, exc.reason)
+        return response
+    except Exception:
+        log.exception(
+            "unhandled error on %s %s",
+            request.method,
+            request.path,
+            extra={"event": "error", "request_id": request_id(request)},
+        )
+        return error_response(ApiError(), request_id(request))
+
+
 async def shape_router_errors(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: 404/405 made by the router get the JSON error shape too."""
+    """on_response_prepare: 404/405 made by the router get the JSON error shape too, and
+    every response its X-Request-ID."""
+    if response.status == 101:
+        # A WebSocket: its id is not kept on the request for the socket's whole life.
+        response.headers[REQUEST_ID] = request.get("request_id") or secrets.token_hex(8)
+        return
+    rid = response.headers[REQUEST_ID] = request_id(request)
     if (
         isinstance(response, web.HTTPException)
         and response.status >= 400
         and response.content_type != JSON
     ):
-        body = codec.dumps({"error": http_error(response.status, response.reason).body()})
+        error = http_error(response.status, response.reason).body()
+        error["request_id"] = rid
+        body = codec.dumps({"error": error})
         response.body = body
         response.content_type = JSON
         # The plain-text body's length was already set; headers are not sent yet.

@@ -31,7 +31,11 @@ ERROR_SCHEMA = {
 }
 
 
-def build_openapi(operations: Iterable[Operation]) -> dict[str, Any]:
+def build_openapi(
+    operations: Iterable[Operation], other_routes: Iterable[tuple[str, str, str]] = ()
+) -> dict[str, Any]:
+    """Operations from their schemas; `other_routes` (method, path, summary) that are not
+    operations get an entry of their own, so the document lists every route."""
     spec = APISpec(
         title="Sensorcast",
         version=__version__,
@@ -83,6 +87,10 @@ def build_openapi(operations: Iterable[Operation]) -> dict[str, Any]:
             item["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method.lower()] = item
     paths[LOGIN_PATH] = {"post": _login(error_ref)}
+    for method, path, summary in other_routes:
+        methods = paths.setdefault(path, {})
+        if method.lower() not in methods:
+            methods[method.lower()] = _plain(method, path, summary, error_ref)
     for path, methods in paths.items():
         spec.path(path=path, operations=methods)
     document = spec.to_dict()
@@ -148,6 +156,35 @@ def _fit_query_in_request_line(path: str, parameters: list[dict[str, Any]]) -> N
     cap = budget // (len(free_text) * _BYTES_PER_CHAR)
     for schema in free_text:
         schema["maxLength"] = min(schema.get("maxLength", cap), cap)
+
+
+def _plain(method: str, path: str, summary: str, error_ref: dict[str, str]) -> dict[str, Any]:
+    """A route with no schema of its own: what it is, and that errors have the one shape."""
+    ws = path in ("/ws", "/api/v1/ws", "/api/v1/ws/secure") or path.startswith("/ws/")
+    name = re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_") or "root"
+    item: dict[str, Any] = {
+        "operationId": f"{method.lower()}_{name}",
+        "summary": summary or f"{method} {path}",
+        "tags": ["websocket" if ws and method == "GET" else "system"],
+        "responses": {
+            "101" if ws and method == "GET" else "200": {
+                "description": "WebSocket upgrade (protocol: /api/v1/asyncapi.json)"
+                if ws and method == "GET"
+                else "success"
+            },
+            "default": {
+                "description": "error",
+                "content": {"application/json": {"schema": error_ref}},
+            },
+        },
+    }
+    params = _PATH_PARAM.findall(path)
+    if params:
+        item["parameters"] = [
+            {"in": "path", "name": p, "required": True, "schema": {"type": "string"}}
+            for p in params
+        ]
+    return item
 
 
 def _login(error_ref: dict[str, str]) -> dict[str, Any]:

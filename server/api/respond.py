@@ -18,8 +18,13 @@ def json_response(
     return web.Response(body=codec.dumps(body), status=status, content_type=JSON, headers=headers)
 
 
-def error_response(exc: ApiError) -> web.Response:
+def error_response(exc: ApiError, request_id: str | None = None) -> web.Response:
+    """The error shape; `request_id` (the response's X-Request-ID) goes in as
+    error.request_id, so a user's bug report names the log line."""
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-    return json_response({"error": exc.body()}, status=exc.status, headers=headers)
+    body = exc.body()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return json_response({"error": body}, status=exc.status, headers=headers)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import aiohttp_cors
 from aiohttp import web
 
 from server import codec
-from server.api import auth, chat, notifications, predictions, readings, sensors, system
+from server.api import auth, chat, notifications, predictions, readings, sensors, sse, system
 from server.api.dashboard import setup_dashboard
 from server.api.middleware import (
     REST_LIMITER,
@@ -94,7 +95,6 @@ async def openapi(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     operations = operations_of(*OPERATION_FUNCTIONS)
     app[OPERATIONS] = operations
-    app[OPENAPI] = codec.dumps(build_openapi(operations.values()))
     quiet_unparsable_requests()
     server = app[CONFIG].server
     if server.rate_limit:
@@ -114,8 +114,14 @@ def setup_routes(app: web.Application) -> None:
         router.add_get("/health", json_errors(system.health)),
         router.add_get("/api/v1/health", json_errors(system.health)),
         router.add_get("/api/v1/openapi.json", json_errors(openapi)),
+        router.add_get("/metrics", json_errors(system.metrics)),
+        router.add_get("/api/v1/docs", json_errors(system.docs)),
+        router.add_get("/api/v1/docs/redoc.standalone.js", json_errors(system.docs_script)),
+        router.add_get("/api/v1/asyncapi.json", json_errors(system.asyncapi)),
         router.add_post(auth.LOGIN_PATH, json_errors(auth.login)),
         router.add_post(auth.SEED_LOGIN_PATH, json_errors(auth.login)),
+        # EventSource from allowed origins: CORS headers like any REST route.
+        router.add_get("/api/v1/sse", json_errors(sse.sse)),
     ]
     app[LOGIN_LIMITS] = auth.LoginLimits(app[CONFIG].auth)
     for op in operations.values():
@@ -131,3 +137,20 @@ def setup_routes(app: web.Application) -> None:
     routes += setup_dashboard(app)
     for route in routes:
         cors.add(route)
+    app[OPENAPI] = codec.dumps(build_openapi(operations.values(), _other_routes(router)))
+
+
+def _other_routes(router: web.UrlDispatcher) -> list[tuple[str, str, str]]:
+    """(method, path, summary) of every route: build_openapi documents the ones that are
+    not operations (health, info, docs, metrics, WebSocket upgrades, seed aliases)."""
+    out = []
+    for route in router.routes():
+        resource = route.resource
+        if resource is None or route.method in ("HEAD", "OPTIONS", "*"):
+            continue
+        handler = route.handler
+        # A partial's __doc__ is functools' own.
+        text = "" if isinstance(handler, functools.partial) else handler.__doc__ or ""
+        doc = text.strip().splitlines()
+        out.append((route.method, resource.canonical, doc[0] if doc else ""))
+    return out

@@ -20,9 +20,9 @@ from server import codec
 from server.api.middleware import request_principal
 from server.auth import Principal
 from server.channels import ChannelPolicy
+from server.hub.connection import Connection
 from server.keys import POLICY
 from server.services.chat import room_channel
-from server.ws.connection import Connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +16,8 @@ from server.api.respond import json_response
 from server.api.stats_view import StatsView
 from server.auth import WRITE_ROLES
 from server.channel_names import validate_channel
-from server.keys import CONFIG, HUB, MQTT, SERVICES
+from server.errors import Unauthorized
+from server.keys import ASYNCAPI, CONFIG, HUB, METRICS, MQTT, SERVICES
 from server.services.chat import room_of
 from server.storage import StorageError
 
@@ -48,7 +51,7 @@ def _view(ctx: Ctx) -> StatsView:
 
 
 def _channel_stats(ctx: Ctx, view: StatsView, channel: str) -> dict[str, Any]:
-    subs = ctx.hub.channels.get(channel, ())
+    subs = ctx.hub.subscribers(channel)
     return {"channel": channel, "subscribers": len(subs), "users": view.users(subs)}
 
 
@@ -63,9 +66,13 @@ async def get_stats(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "instance": hub.bus.instance,
         "connections": len(hub.clients),
+        # Of those, Server-Sent Events streams (GET /api/v1/sse).
+        "sse_streams": hub.transports["sse"],
         "connections_total": s.connections_total,
         "channels": {
-            ch: _channel_stats(ctx, view, ch) for ch in sorted(hub.channels) if view.channel(ch)
+            ch: _channel_stats(ctx, view, ch)
+            for ch in sorted(hub.channel_names())
+            if view.channel(ch)
         },
         "messages_in": s.messages_in,
         "messages_out": s.messages_out,
@@ -171,3 +178,37 @@ async def health(request: web.Request) -> web.Response:
         "uptime": round(time.monotonic() - request.app[HUB].started_at, 3),
     }
     return json_response(body, status=200 if checks["database"]["status"] == "ok" else 503)
+
+
+# Prometheus' text exposition format, version 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; with metrics.token set, only for `Authorization: Bearer <token>`."""
+    token = request.app[CONFIG].metrics.token
+    if token:
+        given = request.headers.get("Authorization", "").partition(" ")
+        if given[0].lower() != "bearer" or not hmac.compare_digest(
+            given[2].strip().encode(), token.encode()
+        ):
+            raise Unauthorized("GET /metrics needs Authorization: Bearer <metrics.token>")
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+REDOC = STATIC / "vendor" / "redoc" / "redoc.standalone.js"
+
+
+async def docs(request: web.Request) -> web.FileResponse:
+    """The OpenAPI document as a readable page (Redoc, served from here)."""
+    return web.FileResponse(STATIC / "docs.html", headers={"Content-Type": "text/html"})
+
+
+async def docs_script(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(REDOC, headers={"Content-Type": "text/javascript"})
+
+
+async def asyncapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[ASYNCAPI], content_type="application/json")

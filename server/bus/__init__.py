@@ -8,6 +8,7 @@ hub ask only the bus, whichever backend it has.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +20,7 @@ from server.bus.presence import Member, PresenceTable
 
 if TYPE_CHECKING:
     from server.compat import Dialect
+    from server.hub.connection import Framing
 
 # Frame types a publication may carry; anything else from outside is wrapped as `event`.
 PUBLICATION_TYPES = frozenset({"event", "system_event", "entity_event", "notification", "message"})
@@ -46,6 +48,10 @@ class Publication:
     _payloads: dict[str, bytes] | None = field(default=None, repr=False)
     # (dialect, channel) -> that seed protocol's bytes (server.compat), or None: not sent.
     _translated: dict[tuple[Dialect, str], bytes | None] | None = field(default=None, repr=False)
+    # (framing, channel) -> a transport's bytes (a WebSocket frame, an SSE event).
+    _framed: dict[tuple[Framing, str], bytes] | None = field(default=None, repr=False)
+    # perf_counter() when it was made: sensorcast_publish_latency_seconds starts here.
+    accepted: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
     def epoch(self) -> str:
@@ -81,6 +87,17 @@ class Publication:
         if len(self.channels) > 1:
             frame["offsets"] = self.offsets
         data = self._payloads[channel] = codec.dumps(frame)
+        return data
+
+    def framed(self, framing: Framing, channel: str) -> bytes:
+        """framing.encode(self, channel), once per transport and channel for every subscriber."""
+        cache = self._framed
+        key = (framing, channel)
+        if cache is None:
+            cache = self._framed = {}
+        elif (hit := cache.get(key)) is not None:
+            return hit
+        data = cache[key] = framing.encode(self, channel)
         return data
 
     def translated(self, dialect: Dialect, channel: str) -> bytes | None:

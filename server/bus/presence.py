@@ -6,7 +6,10 @@ the backend announces and, with Redis, shares it with the other instances.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -37,7 +40,13 @@ class PresenceTable:
 
     def count(self, channel: str, member_id: str, label: str, name: str) -> Member:
         """`member_id` is the identity (Member.key), `label` what clients see as user_id."""
-        members = self.channels.setdefault(channel, {})
+        members = self.channels.get(channel)
+        if members is None:
+            # A presence channel (a chat room) comes to life with its first local socket.
+            members = self.channels[channel] = {}
+            log.info(
+                "room created %s", channel, extra={"event": "room_created", "channel": channel}
+            )
         member = members.get(member_id)
         if member is None:
             member = members[member_id] = Member(label, name, key=member_id)
@@ -55,6 +64,9 @@ class PresenceTable:
             del members[member_id]
             if not members:
                 del self.channels[channel]
+                log.info(
+                    "room removed %s", channel, extra={"event": "room_removed", "channel": channel}
+                )
         return member
 
     def members(self, channel: str) -> list[Member]:

@@ -24,11 +24,11 @@ from server.compat import Dialect
 from server.config import CompatConfig
 from server.errors import BadRequest, Forbidden, NotFound, UnknownType, ValidationFailed
 from server.hub import Hub
+from server.hub.connection import Connection
 from server.services.chat import check_room, room_channel
 from server.ws import chat, frames
 from server.ws.commands import Frame, Session, command
 from server.ws.commands import request as native_request
-from server.ws.connection import Connection
 from server.ws.endpoint import Entry, route
 
 # The native frame type a seed `request` becomes: only a seed-001 socket may send it.

@@ -18,9 +18,9 @@ from server.api.stats_view import caller_view
 from server.compat import Dialect
 from server.compat.views import rooms
 from server.hub import Hub
+from server.hub.connection import Connection
 from server.keys import HUB
 from server.ws import frames
-from server.ws.connection import Connection
 from server.ws.endpoint import RoomEntry
 
 

@@ -40,17 +40,17 @@ Reading = tuple[int, datetime, dict[str, float], str]
 
 
 def iso(moment: datetime) -> str:
-    """ISO 8601 UTC with Z: milliseconds as in every frame, microseconds when they matter.
+    """ISO 8601 UTC with Z and milliseconds, as every other timestamp (SPEC §4); a reading
+    posted with microseconds is shown to the millisecond (stored as given).
 
     Written by orjson (~10x faster than isoformat: this runs per reading and per listed
     value), which gives microseconds or, when they are zero, no fraction."""
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     text = orjson.dumps(moment, option=orjson.OPT_UTC_Z).decode()
-    micro = moment.microsecond
-    if micro == 0:
+    if moment.microsecond == 0:
         return text[1:-2] + ".000Z"
-    return text[1:-5] + "Z" if micro % 1000 == 0 else text[1:-1]
+    return text[1:-5] + "Z"
 
 
 def reading_event(
@@ -121,33 +121,37 @@ def _bound(threshold: Any, key: str) -> float | None:
     return value if type(value) in (int, float) else None
 
 
-def _decode_reading_key(cursor: str | None) -> Any:
-    """A readings cursor: (ts, sensor_id, metric, rows already returned at that key)."""
+# A metric name in a cursor is one we returned; the bound keeps a forged one small.
+_MAX_CURSOR_METRIC = 200
+
+
+def _decode_reading_key(cursor: str | None) -> queries.ReadingKey | None:
+    """A readings cursor: the key (ts, sensor_id, reading_id, metric) of the value the
+    previous page ended on. Anything else is 422: a cursor only positions a keyset
+    search, so even a forged one that passes costs one index seek (no OFFSET)."""
     key = decode_cursor(cursor)
     if key is None:
         return None
     try:
-        if [type(k) for k in key] == [str, int, str, int] and key[3] >= 0:
+        if (
+            [type(k) for k in key] == [str, int, int, str]
+            and 0 < key[1] < 2**63
+            and 0 <= key[2] < 2**63
+            and 0 < len(key[3]) <= _MAX_CURSOR_METRIC
+        ):
             return parse_time(key[0]), key[1], key[2], key[3]
     except (ValueError, TypeError):
         pass
     raise not_ours()
 
 
-def _next_key(rows: list[Row], limit: int, after: Any) -> str | None:
-    """The readings cursor: the page's last key and how many rows with that key were
-    returned so far (this page's run, plus the previous pages' if the run spans them)."""
+def _next_key(rows: list[Row], limit: int) -> str | None:
+    """The readings cursor: the key of the page's last value, when there is more."""
     if len(rows) <= limit:
         return None
-    keys = [(r["ts"], r["sensor_id"], r["metric"]) for r in rows[:limit]]
-    key = keys[-1]
-    run = 0
-    while run < limit and keys[-1 - run] == key:
-        run += 1
-    if run == limit and after is not None and tuple(after[:3]) == key:
-        run += after[3]
-    moment = key[0].astimezone(UTC).isoformat(timespec="microseconds")
-    return encode_cursor([moment, key[1], key[2], run])
+    ts, sensor_id, reading_id, metric = queries.reading_key(rows[limit - 1])
+    moment = ts.astimezone(UTC).isoformat(timespec="microseconds")
+    return encode_cursor([moment, sensor_id, reading_id, metric])
 
 
 def _events(readings: list[Reading], raised: list[tuple[int, Row]]) -> Iterator[Event]:
@@ -285,7 +289,7 @@ class ReadingService:
             metric=args.get("metric"),
             start=args.get("start"),
             end=args.get("end"),
-            after=(after := _decode_reading_key(args.get("cursor"))),
+            after=_decode_reading_key(args.get("cursor")),
             limit=limit + 1,
         )
         items = [
@@ -297,7 +301,7 @@ class ReadingService:
             }
             for r in rows[:limit]
         ]
-        return {"items": items, "next_cursor": _next_key(rows, limit, after)}
+        return {"items": items, "next_cursor": _next_key(rows, limit)}
 
     async def _known(self, sensor_id: int) -> None:
         if not await queries.sensor_exists(self.storage, sensor_id):

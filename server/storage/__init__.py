@@ -40,6 +40,7 @@ __all__ = [
 
 Row = dict[str, Any]
 DIALECTS = ("sqlite", "postgres")
+DEFAULT_ACQUIRE_TIMEOUT = 10.0
 
 
 class StorageError(Exception):
@@ -112,11 +113,16 @@ class Storage(Tx, Protocol):
     """
 
     dialect: str
+    # The newest migration the code needs (set by migrate.ensure_current); when set,
+    # ping() also checks the database has it, so a database recreated empty is not
+    # reported healthy.
+    schema_version: int | None
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
 
     async def ping(self) -> None:
-        """Raise StorageUnavailable when the database cannot answer (health check)."""
+        """Raise StorageUnavailable when the database cannot answer, or (schema_version
+        set) its schema is behind the code (health check)."""
         ...
 
     async def close(self) -> None: ...
@@ -129,6 +135,7 @@ async def open_storage(
     pool_min: int = 1,
     pool_max: int = 10,
     readonly: bool = False,
+    acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
 ) -> Storage:
     """Open the database named by `database.url`.
 
@@ -140,13 +147,22 @@ async def open_storage(
 
     readonly (`migrate --dry-run`): nothing is created or written. A SQLite file that does
     not exist yet is not created: an empty database stands in for it.
+
+    acquire_timeout: seconds a call waits for a pooled connection (SQLite: for the one
+    connection's lock) before StorageUnavailable (503).
     """
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if scheme in ("postgresql", "postgres") and sep:
         from server.storage.postgres import open_postgres
 
-        return await open_postgres(url, pool_min=pool_min, pool_max=pool_max, readonly=readonly)
+        return await open_postgres(
+            url,
+            pool_min=pool_min,
+            pool_max=pool_max,
+            readonly=readonly,
+            acquire_timeout=acquire_timeout,
+        )
     if scheme != "sqlite" or not sep:
         raise StorageError(
             f"database.url {redact_url(url)!r}: unsupported scheme, "
@@ -154,7 +170,9 @@ async def open_storage(
         )
     from server.storage.sqlite import open_sqlite
 
-    return await open_sqlite(sqlite_path(url, base_dir), readonly=readonly)
+    return await open_sqlite(
+        sqlite_path(url, base_dir), readonly=readonly, acquire_timeout=acquire_timeout
+    )
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -237,6 +255,27 @@ async def answering_within(seconds: float) -> AsyncIterator[None]:
         raise
     except StorageError as exc:
         raise StorageUnavailable(str(exc)) from exc
+
+
+def acquire_timed_out(seconds: float, what: str) -> StorageUnavailable:
+    return StorageUnavailable(f"no free database connection within {seconds:g}s ({what})")
+
+
+async def check_schema(db: Tx, expected: int | None) -> None:
+    """For ping(): StorageUnavailable when the schema is missing or behind `expected`."""
+    if expected is None:
+        return
+    try:
+        version = await db.fetchval("SELECT max(version) FROM schema_migrations")
+    except StorageError as exc:
+        raise StorageUnavailable(
+            f"database schema missing ({exc}): run `sensorcast migrate`"
+        ) from exc
+    if version is None or version < expected:
+        raise StorageUnavailable(
+            f"database schema at version {version or 0}, this server needs {expected}: "
+            "run `sensorcast migrate`"
+        )
 
 
 def redact_url(url: str) -> str:

@@ -1,6 +1,6 @@
 """Schema migrations: numbered SQL files applied in order, recorded in schema_migrations.
 
-`migrations/NNNN_name.sql` holds SQL both dialects accept; `NNNN_name.sqlite.sql` or
+`server/migrations/NNNN_name.sql` holds SQL both dialects accept; `NNNN_name.sqlite.sql` or
 `NNNN_name.postgres.sql` replaces it for that dialect only. Each migration runs in its own
 transaction together with its schema_migrations row, so a failure leaves the database as
 it was before that file (PostgreSQL's DDL is transactional too).
@@ -33,8 +33,9 @@ __all__ = [
     "pending",
 ]
 
-# The project is installed editable, so the repository's migrations/ sits two levels up.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Package data (setup.cfg [options.package_data]): found the same way in a checkout, an
+# editable install and a wheel.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 _FILE_RE = re.compile(
     r"^(?P<version>\d{4,})_(?P<name>[A-Za-z0-9_]+)(?:\.(?P<dialect>[a-z]+))?\.sql$"
@@ -192,10 +193,17 @@ async def _apply_one(tx: Tx, migration: Migration, sql: str) -> bool:
 async def ensure_current(
     storage: Storage, directory: Path = MIGRATIONS_DIR, auto_migrate: bool = True
 ) -> list[Migration]:
-    """At startup: apply pending migrations, or, with auto_migrate off, refuse to start."""
+    """At startup: apply pending migrations, or, with auto_migrate off, refuse to start.
+
+    Then the storage expects the newest version (Storage.schema_version): its ping, the
+    health check, fails while the database is behind it (dropped and recreated empty)."""
     if auto_migrate:
-        return await apply(storage, directory)
-    missing = await pending(storage, directory)
-    if missing:
-        raise PendingMigrations(missing)
-    return []
+        applied = await apply(storage, directory)
+    else:
+        applied = []
+        missing = await pending(storage, directory)
+        if missing:
+            raise PendingMigrations(missing)
+    available = await asyncio.to_thread(discover, directory, storage.dialect)
+    storage.schema_version = max((m.version for m in available), default=None)
+    return applied

@@ -20,16 +20,20 @@ from typing import Any
 import asyncpg
 
 from server.storage import (
+    DEFAULT_ACQUIRE_TIMEOUT,
     NESTED_USE,
     TX_FAILED,
     Row,
     StorageError,
     StorageUnavailable,
     Tx,
+    acquire_timed_out,
     answering_within,
+    check_schema,
     redact_url,
 )
 from server.storage.postgres_errors import DRIVER_ERRORS, is_closed, storage_error
+from server.storage.postgres_log import POOL_LOGGER, OutageLog
 from server.storage.postgres_queries import PostgresQueries, PostgresTx
 from server.storage.postgres_session import (
     DEFAULT_SETTINGS,
@@ -62,9 +66,15 @@ STATEMENT_CACHE_SIZE = 256
 class PostgresStorage:
     dialect = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, url: str, acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT
+    ) -> None:
         self.url = redact_url(url)
+        self.acquire_timeout = acquire_timeout
+        self.schema_version: int | None = None
         self._pool = pool
+        self._outage = OutageLog(log, self.url)
+        logging.getLogger(POOL_LOGGER).addFilter(self._outage)
         self._closed = False
         # Tasks inside transaction(): using the storage itself there would take a second
         # connection, and with the pool exhausted wait forever; SQLite refuses it too.
@@ -77,11 +87,21 @@ class PostgresStorage:
         if asyncio.current_task() in self._in_transaction:
             raise StorageError(NESTED_USE)
         try:
-            return await self._pool.acquire()
+            conn = await self._pool.acquire(timeout=self.acquire_timeout)
+        except TimeoutError:
+            if self._closed:
+                raise StorageUnavailable("storage is closed") from None
+            # Every connection is busy (or connecting to a server that does not answer).
+            raise acquire_timed_out(
+                self.acquire_timeout, f"pool of {self._pool.get_max_size()} in use"
+            ) from None
         except DRIVER_ERRORS as exc:
             if self._closed:
                 raise StorageUnavailable("storage is closed") from exc
             raise storage_error(exc) from exc
+        if self._outage.active:
+            self._outage.recovered()
+        return conn
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         # A connection the server dropped is discarded here, not reused.
@@ -138,7 +158,7 @@ class PostgresStorage:
             except DRIVER_ERRORS as exc:
                 raise storage_error(exc, conn) from exc
             pg_tx = started
-            tx = PostgresTx(conn)
+            tx = PostgresTx(conn, self.schema_version is not None)
             if task is not None:
                 self._in_transaction.add(task)
             try:
@@ -174,13 +194,16 @@ class PostgresStorage:
             # connection on release. (After a failed COMMIT there is nothing to undo.)
             log.debug("rollback after failure: %s", exc)
 
+    def _queries(self, conn: asyncpg.Connection) -> PostgresQueries:
+        return PostgresQueries(conn, self.schema_version is not None)
+
     async def execute(self, sql: str, *args: Any) -> None:
         async with self._connection() as conn:
-            await PostgresQueries(conn).execute(sql, *args)
+            await self._queries(conn).execute(sql, *args)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         async with self._connection() as conn:
-            await PostgresQueries(conn).executemany(sql, rows)
+            await self._queries(conn).executemany(sql, rows)
 
     async def executescript(self, script: str) -> None:
         async with self.transaction() as tx:
@@ -191,19 +214,19 @@ class PostgresStorage:
     ) -> int:
         # One COPY is atomic by itself: no transaction needed around it.
         async with self._connection() as conn:
-            return await PostgresQueries(conn).copy_rows(table, columns, rows)
+            return await self._queries(conn).copy_rows(table, columns, rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._connection() as conn:
-            return await PostgresQueries(conn).fetch(sql, *args)
+            return await self._queries(conn).fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         async with self._connection() as conn:
-            return await PostgresQueries(conn).fetchrow(sql, *args)
+            return await self._queries(conn).fetchrow(sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         async with self._connection() as conn:
-            return await PostgresQueries(conn).fetchval(sql, *args)
+            return await self._queries(conn).fetchval(sql, *args)
 
     async def ping(self) -> None:
         """SELECT 1 within PING_TIMEOUT. A pooled connection the server dropped a moment
@@ -213,6 +236,7 @@ class PostgresStorage:
             for attempt in range(PING_ATTEMPTS):
                 try:
                     await self.fetchval("SELECT 1")
+                    await check_schema(self, self.schema_version)
                     return
                 except StorageUnavailable:
                     if self._closed or attempt == PING_ATTEMPTS - 1:
@@ -222,6 +246,7 @@ class PostgresStorage:
         if self._closed:
             return
         self._closed = True
+        logging.getLogger(POOL_LOGGER).removeFilter(self._outage)
         try:
             if self._background:
                 await asyncio.wait(self._background, timeout=RELEASE_TIMEOUT)
@@ -233,7 +258,12 @@ class PostgresStorage:
 
 
 async def open_postgres(
-    url: str, *, pool_min: int = 1, pool_max: int = 10, readonly: bool = False
+    url: str,
+    *,
+    pool_min: int = 1,
+    pool_max: int = 10,
+    readonly: bool = False,
+    acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
 ) -> PostgresStorage:
     """Open the pool (pool_min connections at once); fail with one line when unreachable."""
     where = redact_url(url)
@@ -255,4 +285,4 @@ async def open_postgres(
     except DRIVER_ERRORS as exc:
         error = storage_error(exc)
         raise type(error)(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
-    return PostgresStorage(pool, url)
+    return PostgresStorage(pool, url, acquire_timeout)

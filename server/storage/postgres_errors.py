@@ -24,20 +24,31 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 # Server-side conditions that mean "cannot answer now", not "your SQL is wrong": lost or
-# refused connection (class 08), shutdown/termination/cancel (57), out of resources (53).
+# refused connection (class 08), shutdown/termination/cancel (57), out of resources (53),
+# the database dropped under a running server (3D000, on reconnecting).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pgerr.PostgresConnectionError,
     pgerr.OperatorInterventionError,
     pgerr.InsufficientResourcesError,
+    pgerr.InvalidCatalogNameError,
     OSError,
     EOFError,
     TimeoutError,
 )
 
 
-def storage_error(exc: BaseException, conn: asyncpg.Connection | None = None) -> StorageError:
+# A table or schema the migrations made is missing: once they ran (schema_known), that is
+# a database recreated empty under a running server, not a typo: 503 until migrated.
+_SCHEMA_GONE = (pgerr.UndefinedTableError, pgerr.InvalidSchemaNameError)
+
+
+def storage_error(
+    exc: BaseException, conn: asyncpg.Connection | None = None, schema_known: bool = False
+) -> StorageError:
     if isinstance(exc, pgerr.IntegrityConstraintViolationError):
         return IntegrityError(str(exc))
+    if schema_known and isinstance(exc, _SCHEMA_GONE):
+        return StorageUnavailable(f"database schema missing: {exc}; run `sensorcast migrate`")
     if isinstance(exc, _UNAVAILABLE):
         return StorageUnavailable(str(exc) or type(exc).__name__)
     if isinstance(exc, pgerr.InternalClientError):

@@ -35,14 +35,16 @@ def _checked(args: Sequence[Any]) -> Sequence[Any]:
 class PostgresQueries:
     """Statements on one connection, errors mapped."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, schema_known: bool = False) -> None:
         self._conn = conn
+        # The migrations ran (Storage.schema_version is set): see storage_error.
+        self._schema_known = schema_known
 
     async def execute(self, sql: str, *args: Any) -> None:
         try:
             await self._conn.execute(to_dollar(sql), *_checked(args))
         except DRIVER_ERRORS as exc:
-            raise storage_error(exc, self._conn) from exc
+            raise storage_error(exc, self._conn, self._schema_known) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = [_checked(row) for row in rows]
@@ -50,14 +52,14 @@ class PostgresQueries:
             # asyncpg pipelines the batch and runs it in one transaction.
             await self._conn.executemany(to_dollar(sql), batch)
         except DRIVER_ERRORS as exc:
-            raise storage_error(exc, self._conn) from exc
+            raise storage_error(exc, self._conn, self._schema_known) from exc
 
     async def executescript(self, script: str) -> None:
         try:
             # Without arguments asyncpg uses the simple protocol: several statements in one.
             await self._conn.execute(script)
         except DRIVER_ERRORS as exc:
-            raise storage_error(exc, self._conn) from exc
+            raise storage_error(exc, self._conn, self._schema_known) from exc
 
     async def copy_rows(
         self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
@@ -71,7 +73,7 @@ class PostgresQueries:
                 check_identifier(table), records=records, columns=names
             )
         except DRIVER_ERRORS as exc:
-            raise storage_error(exc, self._conn) from exc
+            raise storage_error(exc, self._conn, self._schema_known) from exc
         # The command tag: "COPY 10000".
         return int(status.rpartition(" ")[2])
 
@@ -79,21 +81,21 @@ class PostgresQueries:
         try:
             records = await self._conn.fetch(to_dollar(sql), *_checked(args))
         except DRIVER_ERRORS as exc:
-            raise storage_error(exc, self._conn) from exc
+            raise storage_error(exc, self._conn, self._schema_known) from exc
         return [dict(record) for record in records]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         try:
             record = await self._conn.fetchrow(to_dollar(sql), *_checked(args))
         except DRIVER_ERRORS as exc:
-            raise storage_error(exc, self._conn) from exc
+            raise storage_error(exc, self._conn, self._schema_known) from exc
         return None if record is None else dict(record)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         try:
             return await self._conn.fetchval(to_dollar(sql), *_checked(args))
         except DRIVER_ERRORS as exc:
-            raise storage_error(exc, self._conn) from exc
+            raise storage_error(exc, self._conn, self._schema_known) from exc
 
 
 class PostgresTx(TransactionGuard, PostgresQueries):
@@ -104,8 +106,8 @@ class PostgresTx(TransactionGuard, PostgresQueries):
     SQLite, one statement at a time.
     """
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        PostgresQueries.__init__(self, conn)
+    def __init__(self, conn: asyncpg.Connection, schema_known: bool = False) -> None:
+        PostgresQueries.__init__(self, conn, schema_known)
         TransactionGuard.__init__(self)
         self._lock = asyncio.Lock()
 

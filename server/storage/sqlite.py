@@ -24,13 +24,16 @@ from typing import Any
 import aiosqlite
 
 from server.storage import (
+    DEFAULT_ACQUIRE_TIMEOUT,
     NESTED_USE,
     TX_FAILED,
     Row,
     StorageError,
     StorageUnavailable,
     Tx,
+    acquire_timed_out,
     answering_within,
+    check_schema,
 )
 from server.storage.sqlite_queries import SQLiteQueries, SQLiteTx, split_script
 from server.storage.sqlite_values import dict_row, format_timestamp, parse_timestamp
@@ -67,8 +70,15 @@ READONLY_PRAGMAS = (
 class SQLiteStorage:
     dialect = "sqlite"
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: str,
+        acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
+    ) -> None:
         self.path = path
+        self.acquire_timeout = acquire_timeout
+        self.schema_version: int | None = None
         self._db = db
         self._raw = SQLiteQueries(db)
         self._lock = asyncio.Lock()
@@ -80,7 +90,13 @@ class SQLiteStorage:
         # Waiting for a lock our own task holds would hang forever: fail loudly instead.
         if self._holder is not None and self._holder is asyncio.current_task():
             raise StorageError(NESTED_USE)
-        async with self._lock:
+        # Bounded: behind a long statement, a caller gets 503 rather than waiting forever.
+        try:
+            async with asyncio.timeout(self.acquire_timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise acquire_timed_out(self.acquire_timeout, "the SQLite connection is busy") from None
+        try:
             if self._closed:
                 raise StorageUnavailable("storage is closed")
             self._holder = asyncio.current_task()
@@ -88,6 +104,8 @@ class SQLiteStorage:
                 yield
             finally:
                 self._holder = None
+        finally:
+            self._lock.release()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -162,6 +180,7 @@ class SQLiteStorage:
         async with answering_within(PING_TIMEOUT):
             # Reads the schema page, so a vanished or broken file shows, unlike SELECT 1.
             await self.fetchval("SELECT count(*) FROM sqlite_master")
+            await check_schema(self, self.schema_version)
 
     async def close(self) -> None:
         async with self._lock:
@@ -176,7 +195,9 @@ def _readonly_uri(path: str) -> str | None:
     return file.absolute().as_uri() + "?mode=ro" if file.exists() else None
 
 
-async def open_sqlite(path: str, *, readonly: bool = False) -> SQLiteStorage:
+async def open_sqlite(
+    path: str, *, readonly: bool = False, acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT
+) -> SQLiteStorage:
     """Connect, creating the file and its directory when missing, and set the pragmas.
 
     readonly: open the file read-only, and when it does not exist create nothing: an
@@ -208,7 +229,7 @@ async def open_sqlite(path: str, *, readonly: bool = False) -> SQLiteStorage:
     except sqlite3.Error as exc:
         await db.close()
         raise StorageUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
-    storage = SQLiteStorage(db, path)
+    storage = SQLiteStorage(db, path, acquire_timeout)
     if readonly:
         return storage
     mode = await storage.fetchval("PRAGMA journal_mode")

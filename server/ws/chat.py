@@ -12,9 +12,9 @@ from marshmallow import fields, validate
 
 from server.channel_names import validate_channel
 from server.errors import BadRequest, Conflict, Forbidden
+from server.hub.connection import Connection
 from server.services.chat import last_room, room_channel, room_of, validate_room
 from server.ws.commands import Frame, Session, command
-from server.ws.connection import Connection
 
 
 class RoomFrame(Frame):

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from server.compat import Dialect
     from server.config import Config
     from server.hub import Hub
+    from server.hub.connection import Connection
     from server.services import Services
-    from server.ws.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,18 @@ class SinceIn(Schema):
     epoch = fields.String(required=True)
 
 
+# Conflation rates (events per entity per second): above this it is hardly conflation.
+MAX_RATE_LIMIT = 1000.0
+validate_max_rate = validate.Range(
+    min=0, max=MAX_RATE_LIMIT, min_inclusive=False, error="max_rate must be > 0 and <= 1000"
+)
+
+
 class SubscribeFrame(Frame):
     channel = fields.String(required=True, validate=validate_channel)
     since = fields.Nested(SinceIn, load_default=None)
     snapshot = fields.Boolean(load_default=False)
+    max_rate = fields.Float(load_default=None, validate=validate_max_rate)
 
 
 class ChannelFrame(Frame):
@@ -141,7 +149,9 @@ async def subscribe(session: Session, frame: dict[str, Any]) -> None:
     since = frame["since"]
     position = Position(since["offset"], since["epoch"]) if since else None
     reply = {"id": frame["id"]} if frame["id"] is not None else None
-    await session.dispatcher.join(conn, channel, position, reply, frame["snapshot"])
+    await session.dispatcher.join(
+        conn, channel, position, reply, frame["snapshot"], max_rate=frame["max_rate"]
+    )
 
 
 # Channels whose state a subscriber may ask for first: the latest reading per metric.
@@ -262,6 +272,7 @@ class Dispatcher:
         reply: dict[str, Any] | None = None,
         snapshot: bool = False,
         counted: bool = False,
+        max_rate: float | None = None,
     ) -> None:
         """Subscribe (permission already checked) with what the channel sends first: the
         readings snapshot when asked for, a chat room's recent history unless recovering."""
@@ -274,7 +285,7 @@ class Dispatcher:
             and (room := room_of(channel)) is not None
         ):
             loader = _chat_history(self.services(), channel, room)
-        await self.hub.subscribe(conn, channel, since, reply, loader, counted)
+        await self.hub.subscribe(conn, channel, since, reply, loader, counted, max_rate)
 
     async def handle(self, conn: Connection, data: str) -> None:
         frame_id: Any = None

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 from multidict import MultiDict
 
 from server.api.middleware import bearer_token
@@ -21,10 +21,11 @@ from server.channel_names import parse_channel_list
 from server.compat import Dialect
 from server.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from server.hub import Hub, HubStats, Member
+from server.hub.connection import TokenBucket, client_key
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY
 from server.services.chat import check_room, room_channel
 from server.ws import expiry, frames
-from server.ws.connection import Connection, TokenBucket, client_key
+from server.ws.socket import WsConnection, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Entry:
         """Raises BadRequest for a bad name."""
         return parse_channel_list(query.getall("channel", [])) or [DEFAULT_CHANNEL]
 
-    def greet(self, conn: Connection, hub: Hub, channels: list[str]) -> None:
+    def greet(self, conn: WsConnection, hub: Hub, channels: list[str]) -> None:
         """Right after `connection` (the socket already counted in its channels' presence):
         anything more the route's clients expect first."""
 
@@ -94,6 +95,7 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
     hub = request.app[HUB]
     dispatcher = request.app[DISPATCHER]
     ws = conn.ws
+    msg = None
     try:
         for channel, member in channels:
             if member is not None:
@@ -116,17 +118,47 @@ async def _serve(request: web.Request, entry: Entry) -> web.StreamResponse:
     finally:
         expiry.disarm(conn)
         try:
-            await hub.remove(conn)
+            try:
+                await hub.remove(conn)
+            finally:
+                if conn.closer is not None:
+                    await asyncio.shield(conn.closer)
         finally:
-            if conn.closer is not None:
-                await asyncio.shield(conn.closer)
-        log.info(
-            "disconnect %s code=%s after %.1fs",
-            conn.client_id,
-            ws.close_code,
-            time.monotonic() - conn.connected_at,
-        )
+            # Even when aiohttp cancels the handler as the peer's TCP connection goes.
+            _log_disconnect(conn, msg)
     return response
+
+
+def _log_disconnect(conn: WsConnection, last: WSMessage | None) -> None:
+    code, by = _close_code(conn, conn.ws, last)
+    duration = time.monotonic() - conn.connected_at
+    log.info(
+        "disconnect %s code=%s by=%s after %.1fs",
+        conn.client_id,
+        code,
+        by,
+        duration,
+        extra={
+            "event": "disconnect",
+            "client_id": conn.client_id,
+            "code": code,
+            "closed_by": by,
+            "duration_s": round(duration, 3),
+        },
+    )
+
+
+def _close_code(
+    conn: WsConnection, ws: web.WebSocketResponse, last: WSMessage | None
+) -> tuple[int | None, str]:
+    """The close code the socket ended with and who chose it. ws.close_code alone would
+    name the peer's reply (1000 after our 1001) or 1006 when the peer left without one
+    (after aiohttp's own 1009 for a frame over ws.max_message_bytes)."""
+    if conn.close_code is not None:
+        return conn.close_code, "server"
+    if last is not None and last.type is WSMsgType.ERROR and isinstance(last.data, WebSocketError):
+        return int(last.data.code), "server"
+    return ws.close_code, "client"
 
 
 def route(entry: Entry) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -148,7 +180,7 @@ class Refusal(Exception):
 
 async def _open(
     request: web.Request, entry: Entry
-) -> tuple[web.StreamResponse, Connection | None, list[tuple[str, Member | None]]]:
+) -> tuple[web.StreamResponse, WsConnection | None, list[tuple[str, Member | None]]]:
     """Handshake, then admission; a refused socket is closed with its code and reason."""
     config = request.app[CONFIG]
     if not origin_allowed(request):
@@ -172,7 +204,7 @@ async def _open(
 
 def _admit(
     request: web.Request, ws: web.WebSocketResponse, entry: Entry
-) -> tuple[Connection, list[tuple[str, Member | None]]]:
+) -> tuple[WsConnection, list[tuple[str, Member | None]]]:
     """Query checks and limits; registers the socket (counted in its channels' presence)
     and sends `connection`. Returns the channels to subscribe, each with the Member whose
     arrival is to be announced there."""
@@ -192,6 +224,14 @@ def _admit(
         principal = app[AUTH].resolve(token, query.get("user_id"), query.get("username"))
         channels = entry.channels(request, query, principal)
     except Unauthorized as exc:
+        # The address, never the token.
+        log.warning(
+            "auth failure from %s on %s: %s",
+            client_ip(request),
+            request.path,
+            exc.message,
+            extra={"event": "auth_failure", "remote": client_ip(request)},
+        )
         raise Refusal(frames.CLOSE_UNAUTHORIZED, exc.message) from None
     except BadRequest as exc:
         raise Refusal(frames.CLOSE_BAD_REQUEST, exc.message) from None
@@ -214,14 +254,27 @@ def _admit(
         existing.close_soon(frames.CLOSE_DUPLICATE, "replaced by a new connection")
 
     rate = TokenBucket(limits.rate_limit, limits.rate_burst) if limits.rate_limit else None
-    conn = Connection(
+    conn = open_connection(
         ws, client_id, principal, ip, limits.max_queue_bytes, rate, hub.on_drop, hub.outbox
     )
     conn.dialect = entry.dialect
     hub.add(conn)
     expiry.arm(conn, app[CONFIG].auth.jwt_leeway)
     counted = [(channel, hub.count_in(conn, channel)) for channel in channels]
-    log.info("connect %s user=%s ip=%s channels=%s", client_id, principal.sub, ip, channels)
+    log.info(
+        "connect %s user=%s ip=%s channels=%s",
+        client_id,
+        principal.sub,
+        ip,
+        channels,
+        extra={
+            "event": "connect",
+            "client_id": client_id,
+            "user": principal.sub,
+            "remote": ip,
+            "channels": channels,
+        },
+    )
     conn.send(
         frames.encode(
             "connection",
@@ -238,7 +291,7 @@ def _admit(
     return conn, counted
 
 
-def _within_rate(conn: Connection, stats: HubStats) -> bool:
+def _within_rate(conn: WsConnection, stats: HubStats) -> bool:
     """Count a client frame; False when it is over the rate limit (answered or dropped)."""
     stats.messages_in += 1
     rate = conn.rate
@@ -248,6 +301,7 @@ def _within_rate(conn: Connection, stats: HubStats) -> bool:
     if rate.take(now):
         return True
     assert rate.limited_since is not None
+    stats.rate_limited += 1
     if now - rate.limited_since >= FLOOD_GRACE_SECONDS:
         conn.drop("rate limit exceeded")
     else:

@@ -15,9 +15,9 @@ from typing import Any
 from marshmallow import fields, validate
 
 from server.errors import BadRequest, Forbidden
+from server.hub.connection import Connection
 from server.ws import frames
 from server.ws.commands import Frame, Session, command
-from server.ws.connection import Connection
 
 EXPIRED = "token expired"
 

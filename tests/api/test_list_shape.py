@@ -60,7 +60,9 @@ async def test_every_list_operation_answers_items_and_next_cursor(client: TestCl
     checked = []
     for path, item in doc["paths"].items():
         op = item.get("get")
-        if op is None:
+        # Routes that are not operations (health, docs, WebSocket upgrades, seed aliases in
+        # their seed's own shapes) are in the document too, tagged system / websocket.
+        if op is None or op.get("tags") in (["websocket"], ["system"]):
             continue
         url = path
         query = {}

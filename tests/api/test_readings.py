@@ -6,6 +6,8 @@ parametrized by `backend`: the storage tests' SQLite file or PostgreSQL schema).
 are inserted straight through the storage API.
 """
 
+import base64
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -233,7 +235,8 @@ async def test_subscribers_get_one_entity_event_per_reading(client, connect: Con
 
     expected = [
         {"sensor_id": sid, "timestamp": "2024-05-01T12:00:00.000Z", "values": {"t": 1.5, "h": 2.0}},
-        {"sensor_id": sid, "timestamp": "2024-05-01T12:00:00.123456Z", "values": {"t": 3.0}},
+        # Milliseconds, as every other timestamp.
+        {"sensor_id": sid, "timestamp": "2024-05-01T12:00:00.123Z", "values": {"t": 3.0}},
     ]  # fmt: skip
     for ws, channel in ((per_sensor, f"readings:{sid}"), (on_sensor, f"sensors:{sid}"),
                         (everything, "readings")):  # fmt: skip
@@ -291,9 +294,10 @@ async def test_query_pages_oldest_first_and_ws_list_answers_the_same(
         if (cursor := page["next_cursor"]) is None:
             break
 
+    # Two readings at one instant: in the order they were stored (keyset, no sort).
     assert seen[:3] == [
-        ("2024-05-01T12:00:00.000Z", "h", 100.0),
         ("2024-05-01T12:00:00.000Z", "t", 0.0),
+        ("2024-05-01T12:00:00.000Z", "h", 100.0),
         ("2024-05-01T12:00:20.000Z", "t", 1.0),
     ]
     assert [v for _, m, v in seen if m == "t"] == [0, 1, 2, 3, 4, 5]
@@ -311,6 +315,38 @@ async def test_query_pages_oldest_first_and_ws_list_answers_the_same(
 )
 async def test_bad_query_parameters_are_422(client, params):
     await error_of(await client.get("/api/v1/readings", params=params), 422, "bad_request")
+
+
+def forged(key: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        # The old form: a key and a count of rows to skip, which became an OFFSET.
+        ["2024-05-01T12:00:00.000000+00:00", 1, "t", 10**15],
+        ["2024-05-01T12:00:00.000000+00:00", 1, 10**30, "t"],
+        ["2024-05-01T12:00:00.000000+00:00", 0, 1, "t"],
+        ["2024-05-01T12:00:00.000000+00:00", 1, 1, "m" * 201],
+        ["yesterday", 1, 1, "t"],
+        {"offset": 10**15},
+    ],
+)
+async def test_a_forged_cursor_is_422_in_the_error_shape(client, key):
+    resp = await client.get("/api/v1/readings", params={"cursor": forged(key)})
+
+    error = await error_of(resp, 422, "bad_request")
+    assert error["details"] == {"cursor": ["Not a cursor this server returned."]}
+
+
+async def test_a_well_formed_cursor_only_positions_the_page(client, token: Mint):
+    sid = await seed_series(client, token)
+    cursor = forged(["2024-05-01T12:00:30.000000+00:00", sid, 2**62, "t"])
+
+    page = await (await client.get("/api/v1/readings", params={"cursor": cursor})).json()
+
+    assert [i["timestamp"] for i in page["items"]][:1] == ["2024-05-01T12:00:40.000Z"]
 
 
 async def test_latest_is_the_newest_value_per_metric(client, connect: Connect, token: Mint):

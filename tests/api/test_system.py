@@ -25,7 +25,9 @@ async def error_of(resp: Any, status: int, code: str) -> dict[str, Any]:
     body = await resp.json()
     assert list(body) == ["error"]
     error = body["error"]
-    assert set(error) == {"code", "message", "details"}
+    assert set(error) == {"code", "message", "details", "request_id"}
+    # The error names its request, as the response header does (SPEC §8).
+    assert error["request_id"] == resp.headers["X-Request-ID"]
     assert error["code"] == code
     assert isinstance(error["message"], str)
     assert error["message"]

@@ -143,6 +143,7 @@ async def test_notify_without_the_token_is_refused(client: TestClient):
             "code": "unauthorized",
             "message": "this operation needs a token",
             "details": None,
+            "request_id": resp.headers["X-Request-ID"],
         }
     }
     await listener.nothing()  # nothing was sent

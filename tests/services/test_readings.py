@@ -97,7 +97,8 @@ async def test_paging_keeps_duplicates_and_sensors_sharing_an_instant(svc: Servi
         if (cursor := page["next_cursor"]) is None:
             break
 
-    assert seen == [(a, "h"), (a, "h"), (a, "t"), (a, "t"), (b, "h"), (b, "h"), (b, "t"), (b, "t")]
+    # Same instant: by sensor, then reading by reading (the retried one too), then metric.
+    assert seen == [(a, "h"), (a, "t"), (a, "h"), (a, "t"), (b, "h"), (b, "t"), (b, "h"), (b, "t")]
 
 
 async def test_latest_takes_the_newest_per_metric_whatever_the_arrival_order(svc: Service):
@@ -201,10 +202,11 @@ def test_parse_time_refuses(value):
         parse_time(value)
 
 
-def test_iso_keeps_microseconds_only_when_present():
+def test_iso_has_milliseconds_like_every_other_timestamp():
     assert iso(NOW) == "2024-05-01T12:00:00.000Z"
     assert iso(NOW.replace(microsecond=250_000)) == "2024-05-01T12:00:00.250Z"
-    assert iso(NOW.replace(microsecond=1)) == "2024-05-01T12:00:00.000001Z"
+    assert iso(NOW.replace(microsecond=1)) == "2024-05-01T12:00:00.000Z"
+    assert iso(NOW.replace(microsecond=123_456)) == "2024-05-01T12:00:00.123Z"
 
 
 def test_a_batch_with_many_bad_items_reports_at_most_fifty():

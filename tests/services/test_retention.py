@@ -107,4 +107,4 @@ async def test_app_runs_the_retention_job(make_client, days):
     """Also with readings_days 0: it trims notifications past history_size too."""
     client = await make_client({"retention": {"readings_days": days}})
 
-    assert {job.get_name() for job in client.app[JOBS]} == {"bus-upkeep", "retention"}
+    assert {"bus-upkeep", "retention"} <= {job.get_name() for job in client.app[JOBS]}

@@ -458,3 +458,25 @@ async def test_unavailable_is_the_503_api_error_with_a_fixed_message():
     assert (exc.status, exc.code) == (503, "unavailable")
     assert exc.body() == {"code": "unavailable", "message": "database unavailable", "details": None}
     assert str(exc) == "connection refused by 10.0.0.5"
+
+
+async def test_waiting_for_a_busy_connection_is_bounded_by_acquire_timeout(open_db):
+    db = await open_db(pool_min=1, pool_max=1, acquire_timeout=0.2)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with db.transaction() as tx:
+            await tx.fetchval("SELECT 1")
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await held.wait()
+    try:
+        with pytest.raises(StorageUnavailable, match="no free database connection"):
+            await db.fetchval("SELECT 1")
+    finally:
+        release.set()
+        await holder
+    assert await db.fetchval("SELECT 1") == 1

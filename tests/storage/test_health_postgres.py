@@ -24,7 +24,18 @@ from tests.storage.conftest import PgSchema
 from tests.storage.tcp_proxy import TcpProxy
 
 MakeClient = Callable[[str], Awaitable[TestClient]]
-UNAVAILABLE = {"error": {"code": "unavailable", "message": "database unavailable", "details": None}}
+
+
+def unavailable(resp: Any) -> dict[str, Any]:
+    """The 503 body of a request that needed the database (request_id: the response's)."""
+    return {
+        "error": {
+            "code": "unavailable",
+            "message": "database unavailable",
+            "details": None,
+            "request_id": resp.headers["X-Request-ID"],
+        }
+    }
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -127,7 +138,7 @@ async def test_killed_backends_recover_without_a_restart(
     for _ in range(opened + 3):
         resp = await client.get("/test/probe")
         statuses.append(resp.status)
-        assert await resp.json() == ({"value": 1} if resp.status == 200 else UNAVAILABLE)
+        assert await resp.json() == ({"value": 1} if resp.status == 200 else unavailable(resp))
     assert statuses.count(503) <= opened, statuses
     assert statuses.count(200) >= 3, statuses
     assert (await health(client))[0] == 200
@@ -145,7 +156,7 @@ async def test_unreachable_database_is_503_degraded_then_healthy_when_back(
     assert status == 503
     resp = await client.get("/test/probe")
     assert resp.status == 503
-    assert await resp.json() == UNAVAILABLE
+    assert await resp.json() == unavailable(resp)
     assert (await client.get("/api/v1/")).status == 200  # the server itself is fine
 
     await proxy.start()
@@ -188,7 +199,7 @@ async def test_outage_under_a_running_server_on_shipped_paths_then_recovery(
     # A shipped REST route: 503 in the one error shape.
     resp = await client.get("/api/v1/sensors", headers=auth_header(tok))
     assert resp.status == 503
-    assert await resp.json() == UNAVAILABLE
+    assert await resp.json() == unavailable(resp)
     # A WebSocket `request` on a socket opened before the outage: its error frame, and
     # the socket stays usable. SPEC §4's frame codes have no `unavailable`: `internal`,
     # with the same message as REST.

@@ -1,7 +1,10 @@
 """Migrations on both backends (the `storage` fixture is parametrized in conftest)."""
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -334,8 +337,11 @@ SCHEMA = {
     "read_receipts": ["room", "message_id", "user_id", "read_at"],
     "notifications": ["id", "event", "channel", "payload", "created_at"],
     "users": ["id", "username", "password_hash", "role", "created_at"],
+    "latest_values": ["sensor_id", "metric", "ts", "value"],
     "schema_migrations": ["version", "name", "applied_at"],
 }
+# The readings row key: a column on PostgreSQL, the hidden rowid on SQLite (migration 0006).
+EXTRA_COLUMNS = {("postgres", "readings"): ["id"]}
 
 
 async def test_repository_migrations_apply_cleanly_and_once(storage):
@@ -351,7 +357,8 @@ async def test_repository_migrations_apply_cleanly_and_once(storage):
 async def test_repository_migrations_create_every_table_with_its_columns(migrated):
     assert sorted(await tables(migrated)) == sorted(SCHEMA)
     for table, expected in SCHEMA.items():
-        assert await columns(migrated, table) == expected, table
+        extra = EXTRA_COLUMNS.get((migrated.dialect, table), [])
+        assert await columns(migrated, table) == expected + extra, table
 
 
 async def test_every_table_takes_and_returns_a_row(migrated):
@@ -523,7 +530,9 @@ INDEXES_SQL = {
 INDEXES = {
     "sensors_location",
     "readings_sensor_ts",
+    "readings_ts",
     "anomalies_sensor_resolved",
+    "anomalies_sensor_id",
     "predictions_sensor",
     "messages_room_id",
     "read_receipts_room_user",
@@ -535,9 +544,7 @@ INDEXES = {
 async def test_repository_migrations_create_the_same_indexes_on_both(migrated):
     names = {row["name"] for row in await migrated.fetch(INDEXES_SQL[migrated.dialect])}
 
-    # BRIN (retention by time over all sensors) has no SQLite counterpart.
-    extra = {"readings_ts_brin"} if migrated.dialect == "postgres" else set()
-    assert names == INDEXES | extra
+    assert names == INDEXES
 
 
 async def test_readings_of_a_sensor_being_deleted_wait_for_it_then_are_refused(migrated):
@@ -566,3 +573,31 @@ async def test_readings_of_a_sensor_being_deleted_wait_for_it_then_are_refused(m
     with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
         await insert
     assert await migrated.fetchval("SELECT count(*) FROM readings") == 0
+
+
+def test_an_installed_package_carries_its_migrations(tmp_path: Path):
+    """What a wheel or a non-editable install holds (setuptools' build_py: the packages
+    with their package data), imported from elsewhere, finds every migration."""
+    repo = Path(__file__).resolve().parents[2]
+    lib = tmp_path / "lib"
+    build = [sys.executable, "-c", "from setuptools import setup; setup()", "-q"]
+    subprocess.run(
+        [*build, "build_py", "--build-lib", str(lib)], cwd=repo, check=True, capture_output=True
+    )
+    probe = (
+        "from server.storage.migrate import MIGRATIONS_DIR, discover; print(MIGRATIONS_DIR);"
+        "print([m.filename for m in discover(MIGRATIONS_DIR, 'postgres')])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(lib)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+
+    assert out[0] == str(lib / "server" / "migrations")
+    assert out[1] == str([m.filename for m in discover(MIGRATIONS_DIR, "postgres")])
+    assert (lib / "server" / "migrations" / "README.md").is_file()

@@ -9,8 +9,8 @@ import socket
 
 import aiohttp
 
+from server.hub.connection import TokenBucket
 from server.keys import BUS, HUB
-from server.ws.connection import TokenBucket
 from server.ws.endpoint import close_all
 from tests.conftest import WS, eventually, open_ws
 

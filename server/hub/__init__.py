@@ -1,9 +1,11 @@
-"""Channel hub: which sockets a publication reaches, framed once, the same bytes to each.
+"""Channel hub: which connections a publication reaches, framed once, the same bytes to each.
 
-The hub is the bus's receiver. Per publication it resolves, per socket, the first of the
-publication's channels that socket is subscribed to (so a socket on several of them gets it
-exactly once), frames the payload once per such channel and writes the bytes to every
-socket without awaiting any of them.
+The hub is the bus's receiver. Per publication it resolves, per connection, the first of the
+publication's channels that connection is subscribed to (so a connection on several of them
+gets it exactly once), frames the payload once per such channel and transport (a WebSocket
+frame, an SSE event: the connection's `framing`, cached on the publication) and writes the
+bytes to every connection without awaiting any of them. Conflated subscriptions
+(`max_rate`) go through the Conflator instead of the direct fan-out.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from server import codec
 from server.bus import Bus, Position, Publication, Recovery
 from server.bus.presence import Member
-from server.ws import frames
-from server.ws.connection import SLOW_CONSUMER, Connection, Outbox
+from server.hub.conflation import Conflation, Conflator, newest_per_entity
+from server.hub.connection import SLOW_CONSUMER, Connection, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +43,36 @@ class HubStats:
     publications: int = 0
     dropped_slow_consumers: int = 0
     closed_by_policy: int = 0
+    # Client frames refused by ws.rate_limit.
+    rate_limited: int = 0
+    # Namespace label -> publications / frames written (server.metrics reads them).
+    published: dict[str, int] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)
 
 
 class Hub:
-    def __init__(self, bus: Bus, presence_on: Callable[[str], bool] = lambda _: False) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        presence_on: Callable[[str], bool] = lambda _: False,
+        label: Callable[[str], str] = lambda _: "other",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.bus = bus
         self.presence_on = presence_on
+        # channel -> its bounded namespace label for the counters (server.metrics).
+        self.label = label
+        # Called once per batch with seconds since its oldest publication was accepted.
+        self.observe_latency: Callable[[float], None] | None = None
+        self.clock = clock
+        # channel -> connections that get its publications as published (not conflated).
         self.channels: dict[str, set[Connection]] = {}
+        self.conflator = Conflator(self._deliver_conflated, clock)
         # Connection.client_key (client_id within its principal's scope) -> its socket.
         self.clients: dict[str, Connection] = {}
         self.per_ip: Counter[str] = Counter()
+        # transport (Framing.name: websocket, sse) -> open connections
+        self.transports: Counter[str] = Counter()
         self.stats = HubStats()
         self.outbox = Outbox()
         self.started_at = time.monotonic()
@@ -67,6 +90,7 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.clients[conn.client_key] = conn
         self.per_ip[conn.ip] += 1
+        self.transports[conn.framing.name] += 1
         self.stats.connections_total += 1
 
     async def remove(self, conn: Connection) -> None:
@@ -87,6 +111,7 @@ class Hub:
         self.per_ip[conn.ip] -= 1
         if self.per_ip[conn.ip] <= 0:
             del self.per_ip[conn.ip]
+        self.transports[conn.framing.name] -= 1
         for channel, member in gone:
             await self.bus.announce(channel, member, joined=False)
 
@@ -97,12 +122,21 @@ class Hub:
             self.stats.dropped_slow_consumers += 1
 
     def _discard(self, channel: str, conn: Connection) -> None:
-        subs = self.channels.get(channel)
-        if subs is not None:
+        conflated = conn.conflated
+        if conflated is not None and channel in conflated:
+            self.conflator.leave(conn, channel, conflated.pop(channel))
+            if not conflated:
+                conn.conflated = None
+        else:
+            subs = self.channels.get(channel)
+            if subs is None:
+                return
             subs.discard(conn)
-            if not subs:
-                del self.channels[channel]
-                self.bus.unlisten(channel)
+            if subs:
+                return
+            del self.channels[channel]
+        if channel not in self.channels and channel not in self.conflator.groups:
+            self.bus.unlisten(channel)
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -114,6 +148,7 @@ class Hub:
         reply: dict[str, Any] | None = None,
         snapshot: Callable[[], Awaitable[Snapshot]] | None = None,
         counted: bool = False,
+        max_rate: float | None = None,
     ) -> None:
         """Subscribe and answer `subscribed`; then, with `since`, the missed publications and,
         with `snapshot`, the current state; then live ones.
@@ -121,8 +156,16 @@ class Hub:
         Publications arriving while history or state is read are held back and sent after
         them, skipping what the history held or the snapshot covers: no gap, no duplicate.
         `counted`: the caller already counted (and announced) the socket's presence there.
+        `max_rate`: conflated; what `since` recovers is then the newest per entity (and
+        every event that is not per entity), and live ones follow at most max_rate/s.
         """
-        self.channels.setdefault(channel, set()).add(conn)
+        if max_rate is None:
+            self.channels.setdefault(channel, set()).add(conn)
+        else:
+            if conn.conflated is None:
+                conn.conflated = {}
+            conn.conflated[channel] = max_rate
+            self.conflator.join(conn, channel, max_rate)
         held: list[Publication] = []
         if conn.recovering is None:
             conn.recovering = {}
@@ -155,19 +198,30 @@ class Hub:
         # was recovered, else at the current position.
         start = since.offset if since is not None and recovered else position.offset
         last = start
-        for pub in recovery.publications:
-            if not self._delivered_elsewhere(conn, pub, channel):
-                conn.send(pub.payload(channel))
-            last = pub.offsets[channel]
+        missed = recovery.publications
+        if missed:
+            last = missed[-1].offsets[channel]
+        later = [
+            pub
+            for pub in held
+            # One from before a reset (an outage) is skipped: the position read is newer.
+            if pub.epochs.get(channel) == position.epoch
+            and pub.offsets[channel] > last
+            and not (state is not None and state.covers(pub))
+        ]
+        if max_rate is not None:
+            missed, later = newest_per_entity(missed), newest_per_entity(later)
+        for pub in missed:
+            if self._delivered_elsewhere(conn, pub, channel):
+                conn.passed(pub, channel)
+            else:
+                conn.deliver(pub, channel)
         if state is not None:
             for frame in state.frames:
                 conn.send(frame)
         conn.subscriptions[channel] = start + 1
-        for pub in held:
-            if pub.epochs.get(channel) != position.epoch:
-                continue  # from before a reset (an outage): the position read is newer
-            if pub.offsets[channel] > last and not (state is not None and state.covers(pub)):
-                conn.send(pub.payload(channel))
+        for pub in later:
+            conn.deliver(pub, channel)
         if joined is not None:
             await self.bus.announce(channel, joined, joined=True)
 
@@ -193,7 +247,7 @@ class Hub:
             fields["recovered"] = recovered
         if presence:
             fields["presence"] = [m.public() for m in presence]
-        return frames.encode("subscribed", **fields)
+        return codec.dumps({"type": "subscribed", "timestamp": codec.isotime(), **fields})
 
     def on_reset(self, channel: str, position: Position) -> None:
         """The channel's stream restarted at `position` with publications lost in between
@@ -201,7 +255,7 @@ class Hub:
         gets `subscribed` again with `recovered: false`, so it reloads instead of living
         with a silent gap. A socket still subscribing reads its own position."""
         frame = self._subscribed(channel, position, False, None)
-        for conn in self.channels.get(channel, ()):
+        for conn in self.subscribers(channel):
             if conn.recovering is not None and channel in conn.recovering:
                 continue
             conn.subscriptions[channel] = position.offset + 1
@@ -247,9 +301,38 @@ class Hub:
     # -- fan-out -----------------------------------------------------------------------
 
     async def on_publication(self, publications: list[Publication]) -> None:
+        self._count(publications)
+        try:
+            self._route(publications)
+        finally:
+            if self.observe_latency is not None:
+                self.observe_latency(time.perf_counter() - publications[0].accepted)
+
+    def _count(self, publications: list[Publication]) -> None:
+        """Per publication, never per delivery: the namespace counters."""
+        published, label = self.stats.published, self.label
+        for pub in publications:
+            for channel in pub.channels:
+                ns = label(channel)
+                published[ns] = published.get(ns, 0) + 1
+
+    def _delivered(self, channel: str, sent: int) -> None:
+        """Per channel of a fan-out (or a batch): frames written there."""
+        if sent:
+            delivered, ns = self.stats.delivered, self.label(channel)
+            delivered[ns] = delivered.get(ns, 0) + sent
+
+    def _route(self, publications: list[Publication]) -> None:
         if len(publications) == 1:
             self._fan_out(publications[0])
-            return
+        else:
+            self._fan_out_batch(publications)
+        if self.conflator.groups:
+            offer = self.conflator.offer
+            for pub in publications:
+                offer(pub)
+
+    def _fan_out_batch(self, publications: list[Publication]) -> None:
         # A batch (a request's readings, say): consecutive publications whose only channel
         # with subscribers is the same one are framed into one buffer, written to each of
         # its sockets once instead of once per publication per socket. Order per socket is
@@ -290,21 +373,28 @@ class Hub:
             self._fan_out(pubs[0])
             return
         self.stats.publications += len(pubs)
-        wires = [frames.text_frame(pub.payload(channel)) for pub in pubs]
-        batch = b"".join(wires)
+        # framing -> the run's bytes in it, joined once per transport.
+        batches: dict[Any, bytes] = {}
         sent = 0
         for conn in self.channels[channel]:
             try:
-                if conn.recovering is None and conn.dialect is None and not conn.compressed:
+                if conn.recovering is None and conn.direct and not conn.compressed:
+                    framing = conn.framing
+                    batch = batches.get(framing)
+                    if batch is None:
+                        batch = batches[framing] = b"".join(
+                            [pub.framed(framing, channel) for pub in pubs]
+                        )
                     if conn.write(batch, b""):
                         sent += len(pubs)
                 else:
-                    for pub, wire in zip(pubs, wires, strict=True):
-                        sent += self._deliver(conn, pub, channel, wire)
+                    for pub in pubs:
+                        sent += self._deliver(conn, pub, channel)
             except Exception:
                 log.exception("write to %s failed", conn.client_id)
                 conn.drop("write failed")
         self.stats.messages_out += sent
+        self._delivered(channel, sent)
 
     def _fan_out(self, pub: Publication) -> None:
         self.stats.publications += 1
@@ -316,8 +406,12 @@ class Hub:
         exclude = pub.exclude
         sent = 0
         for channel, subs in reached:
+            before = sent
             payload = pub.payload(channel)
-            wire = frames.text_frame(payload)
+            # The wire bytes of the last transport seen: subscribers of one transport in a
+            # row share them without a lookup.
+            framing: Any = None
+            wire = b""
             # Nothing below changes `subs`: a dropped socket leaves it in its own cleanup.
             for conn in subs:
                 if seen is not None:
@@ -327,29 +421,69 @@ class Hub:
                 if exclude is not None and conn.member_id == exclude:
                     continue
                 try:
-                    if conn.recovering is None and conn.dialect is None:
+                    if conn.recovering is None and conn.direct:
+                        if conn.framing is not framing:
+                            framing = conn.framing
+                            wire = pub.framed(framing, channel)
                         if conn.write(wire, payload):
                             sent += 1
                     else:
-                        sent += self._deliver(conn, pub, channel, wire)
+                        sent += self._deliver(conn, pub, channel)
                 except Exception:
                     # One broken socket must not stop the others, nor fail the publisher.
                     log.exception("write to %s failed", conn.client_id)
                     conn.drop("write failed")
+            self._delivered(channel, sent - before)
         self.stats.messages_out += sent
 
     @staticmethod
-    def _deliver(conn: Connection, pub: Publication, channel: str, wire: bytes) -> int:
-        """One publication to a socket that is recovering a channel or speaks a seed's
-        dialect (or, in a run, compresses): 1 if written."""
+    def _deliver(conn: Connection, pub: Publication, channel: str) -> int:
+        """One publication to a connection that is recovering a channel, speaks a seed's
+        dialect or frames per connection (or, in a run, compresses): 1 if written."""
         recovering = conn.recovering
         if recovering is not None and channel in recovering:
             # Presence and typing have no place in the stream being recovered.
             if not pub.ephemeral:
                 recovering[channel].append(pub)
             return 0
-        if conn.dialect is not None:
-            # Translated once per dialect and channel, not per socket.
-            data = pub.translated(conn.dialect, channel)
-            return int(data is not None and conn.write(frames.text_frame(data), data))
-        return int(conn.write(wire, pub.payload(channel)))
+        return int(conn.deliver(pub, channel))
+
+    def _deliver_conflated(self, group: Conflation, pub: Publication) -> None:
+        """A publication the Conflator lets through, to every member of `group`."""
+        channel = group.channel
+        others = len(pub.channels) > 1
+        exclude = pub.exclude
+        sent = 0
+        for conn in list(group.members):
+            if others and self._reached_otherwise(conn, pub, channel):
+                continue
+            if exclude is not None and conn.member_id == exclude:
+                continue
+            try:
+                sent += self._deliver(conn, pub, channel)
+            except Exception:
+                log.exception("write to %s failed", conn.client_id)
+                conn.drop("write failed")
+        self.stats.messages_out += sent
+
+    @staticmethod
+    def _reached_otherwise(conn: Connection, pub: Publication, channel: str) -> bool:
+        """Whether the connection gets `pub` through another of its channels: one it is
+        subscribed to without conflation, or a conflated one named before `channel`."""
+        conflated = conn.conflated or {}
+        before = True
+        for other in pub.channels:
+            if other == channel:
+                before = False
+            elif other in conn.subscriptions and (other not in conflated or before):
+                return True
+        return False
+
+    # -- introspection -------------------------------------------------------------------
+
+    def channel_names(self) -> set[str]:
+        """Channels with subscribers, conflated or not."""
+        return set(self.channels) | set(self.conflator.groups)
+
+    def subscribers(self, channel: str) -> set[Connection]:
+        return self.channels.get(channel, set()) | self.conflator.members(channel)

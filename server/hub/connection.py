@@ -1,11 +1,15 @@
-"""One socket's state: subscriptions, outbound budget and inbound rate limit.
+"""One connection's transport-neutral state: subscriptions, outbound budget, inbound rate.
+
+A transport (WebSocket in server.ws.socket, SSE in server.api.sse) subclasses Connection with
+its framing of a publication (cached on the publication, the same bytes for every
+connection of that transport) and its way of closing; the hub only sees this class.
 
 Outbound: no task and no await per socket. Frames are appended to the socket's pending
 list and the Outbox writes each socket's pending frames once per loop iteration, as one
 `transport.write`: at a few publications per second that is one syscall per frame as
 before, under load many frames share one. When the pending bytes plus what the transport
 still buffers pass `max_queue_bytes`, the socket is a slow consumer and is closed with 4008
-instead of slowing anyone else down.
+instead of slowing anyone else down (an SSE stream is cut).
 """
 
 from __future__ import annotations
@@ -13,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import WSMsgType, web
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from server.auth import ANONYMOUS_KEY_PREFIX
 from server.config import ANONYMOUS
-from server.ws import frames
 
 if TYPE_CHECKING:
     from server.auth import Principal
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLOW_CONSUMER = "slow consumer"
+# Close codes the hub's side uses (SPEC §4); ws.frames names them all.
+CLOSE_POLICY = 4008
+CLOSE_GOING_AWAY = 1001
 # Pending bytes that are written at once instead of at the end of the loop iteration.
 FLUSH_BYTES = 16 * 1024
 
@@ -99,20 +103,32 @@ class Outbox:
                 conn.drop("write failed")
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Framing:
+    """A transport's framing of a publication on one channel: the bytes every connection
+    of that transport gets, cached on the publication (Publication.framed)."""
+
+    name: str
+    encode: Callable[[Publication, str], bytes]
+
+
 class Connection:
+    """What the hub writes to. Subclasses set `framing`, `frame_reply` and `_close`."""
+
     __slots__ = (
-        "_compressed",
+        "_dialect",
         "_flush_at",
         "_outbox",
         "_pending",
         "_pending_bytes",
-        "_sender",
         "_transport",
         "client_id",
+        "close_code",
         "closer",
         "closing",
+        "conflated",
         "connected_at",
-        "dialect",
+        "direct",
         "expiry",
         "ip",
         "limit",
@@ -121,12 +137,15 @@ class Connection:
         "rate",
         "recovering",
         "subscriptions",
-        "ws",
     )
+
+    framing: ClassVar[Framing]
+    # HTTP chunked transfer coding around each write (an SSE response body).
+    chunked: ClassVar[bool] = False
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
         client_id: str,
         principal: Principal,
         ip: str,
@@ -135,7 +154,6 @@ class Connection:
         on_drop: Callable[[Connection, str], None],
         outbox: Outbox,
     ) -> None:
-        self.ws = ws
         self.client_id = client_id
         self.principal = principal
         self.ip = ip
@@ -144,22 +162,24 @@ class Connection:
         self.on_drop = on_drop
         self.connected_at = time.monotonic()
         # A seed's protocol (server.compat), or None for the native one.
-        self.dialect: Dialect | None = None
+        self._dialect: Dialect | None = None
+        # The transport's shared bytes of a publication can be written as they are: no
+        # dialect to translate into, no bytes of its own per delivery (see `deliver`).
+        self.direct = True
         self.closing = False
-        self.closer: asyncio.Task[bool] | None = None
-        # The timer that closes the socket when its token expires (server.ws.expiry).
+        # The code this server closed with (None: the peer closed first).
+        self.close_code: int | None = None
+        self.closer: asyncio.Task[Any] | None = None
+        # The timer that closes the connection when its token expires (server.ws.expiry).
         self.expiry: asyncio.TimerHandle | None = None
         # channel -> first offset this connection receives there (live or recovered): a
         # publication also on another channel at or past that offset was already delivered.
         self.subscriptions: dict[str, int] = {}
+        # channel -> max_rate, for the subscriptions the hub conflates.
+        self.conflated: dict[str, float] | None = None
         # channel -> publications held back while that channel's recovery is under way.
         self.recovering: dict[str, list[Publication]] | None = None
-        writer = ws._writer
-        assert writer is not None, "connection made before the handshake"
-        self._transport: asyncio.Transport = writer.transport
-        # permessage-deflate frames are per socket: those go through aiohttp's writer, in order.
-        self._compressed: deque[bytes] | None = deque() if ws.compress else None
-        self._sender: asyncio.Task[None] | None = None
+        self._transport = transport
         self._outbox = outbox
         # Framed messages waiting for the outbox's flush, and their size; never more than
         # _flush_at bytes wait, so the budget is what the transport holds after a flush.
@@ -168,9 +188,18 @@ class Connection:
         self._flush_at = min(FLUSH_BYTES, max_queue_bytes)
 
     @property
+    def dialect(self) -> Dialect | None:
+        return self._dialect
+
+    @dialect.setter
+    def dialect(self, dialect: Dialect | None) -> None:
+        self._dialect = dialect
+        self.direct = dialect is None
+
+    @property
     def compressed(self) -> bool:
-        """permessage-deflate: frames are compressed one by one, so never pre-joined."""
-        return self._compressed is not None
+        """Frames are compressed one by one, so never pre-joined (permessage-deflate)."""
+        return False
 
     @property
     def user(self) -> dict[str, Any]:
@@ -208,23 +237,27 @@ class Connection:
         return self.principal.name or self.member_label
 
     def buffered(self) -> int:
-        size = self._transport.get_write_buffer_size() + self._pending_bytes
-        if self._compressed:
-            size += sum(map(len, self._compressed))
-        return size
+        return self._transport.get_write_buffer_size() + self._pending_bytes
+
+    def deliver(self, pub: Publication, channel: str) -> bool:
+        """A publication on `channel`, in this transport's shared framing. A transport whose
+        bytes differ per connection overrides this (and is then never `direct`)."""
+        if self._dialect is not None:
+            # Translated once per dialect and channel, not per socket.
+            data = pub.translated(self._dialect, channel)
+            if data is None:
+                return not self.closing
+            return self.write(self.frame_reply(data), data)
+        return self.write(pub.framed(self.framing, channel), pub.payload(channel))
+
+    def passed(self, pub: Publication, channel: str) -> None:
+        """A recovered publication on `channel` not sent again: it already came through
+        another channel. A transport that tracks positions itself (SSE ids) notes it."""
 
     def write(self, wire: bytes, payload: bytes) -> bool:
         """Queue a framed message without waiting; False if the socket is (now) dropped."""
         if self.closing:
             return False
-        if self._compressed is not None:
-            self._compressed.append(payload)
-            if len(self._compressed) == 1:
-                self._sender = asyncio.get_running_loop().create_task(self._send_compressed())
-            if self.buffered() > self.limit:
-                self.drop(SLOW_CONSUMER)
-                return False
-            return True
         pending = self._pending
         if pending is None:
             # One frame is kept as the shared bytes object itself: no container per socket
@@ -250,6 +283,7 @@ class Connection:
             return not self.closing
         transport = self._transport
         if transport.is_closing():
+            self.lost()
             return False
         transport.write(data)
         # The transport sends what the kernel takes at once; the rest is the peer's backlog.
@@ -264,26 +298,27 @@ class Connection:
             return None
         self._pending = None
         self._pending_bytes = 0
-        return pending if isinstance(pending, bytes) else b"".join(pending)
+        data = pending if isinstance(pending, bytes) else b"".join(pending)
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
 
     def send(self, payload: bytes) -> bool:
-        """A frame for this socket only (replies, errors): framed here, same budget."""
-        if self.dialect is not None:
-            translated = self.dialect.encode(payload)
+        """A frame for this connection only (replies, errors): framed here, same budget."""
+        if self._dialect is not None:
+            translated = self._dialect.encode(payload)
             if translated is None:
                 return not self.closing
             payload = translated
-        return self.write(frames.text_frame(payload), payload)
+        return self.write(self.frame_reply(payload), payload)
 
-    async def _send_compressed(self) -> None:
-        queue = self._compressed
-        assert queue is not None
-        try:
-            while queue and not self.closing:
-                await self.ws.send_frame(queue[0], WSMsgType.TEXT)
-                queue.popleft()
-        except (ConnectionError, RuntimeError):
-            queue.clear()
+    def frame_reply(self, payload: bytes) -> bytes:
+        """A frame's JSON in this transport's framing."""
+        raise NotImplementedError
+
+    def lost(self) -> None:
+        """The peer is gone (found out on a write); a transport without a read loop ends
+        its stream here."""
 
     def drop(self, reason: str) -> None:
         """Close with 4008 (policy) because of `reason`, and tell the hub."""
@@ -292,21 +327,21 @@ class Connection:
         log.warning("closing %s (%s): %s", self.client_id, self.ip, reason)
         self.on_drop(self, reason)
         # What a dropped socket has not taken yet is not sent any more.
-        self._take_pending()
-        self.close_soon(frames.CLOSE_POLICY, reason)
+        self._pending = None
+        self._pending_bytes = 0
+        self.close_soon(CLOSE_POLICY, reason)
 
     def close_soon(self, code: int, reason: str) -> None:
-        """Start the closing handshake; the endpoint's read loop then ends and cleans up."""
+        """Start closing; the transport's handler then ends and cleans up."""
         if self.closing:
             return
         self.closing = True
-        # Frames already accepted go out before the close frame.
+        self.close_code = code
+        # Frames already accepted go out before the close.
         data = self._take_pending()
         if data is not None and not self._transport.is_closing():
             self._transport.write(data)
-        if self._compressed:
-            self._compressed.clear()
-        # The endpoint awaits this task before it returns, which also keeps it referenced.
-        self.closer = asyncio.get_running_loop().create_task(
-            self.ws.close(code=code, message=reason.encode(), drain=False)
-        )
+        self._close(code, reason)
+
+    def _close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
