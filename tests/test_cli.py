@@ -5,6 +5,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -22,8 +23,8 @@ from server import codec
 
 RUN_TIMEOUT = 20.0
 START_TIMEOUT = 15.0
-# aiohttp's start-up line names the port it bound (the real one when asked for 0).
-RUNNING_ON = re.compile(r"Running on (http://127\.0\.0\.1:\d+)")
+# serve's start-up log line names the port it bound (the real one when asked for 0).
+RUNNING_ON = re.compile(r"listening on (http://127\.0\.0\.1:[1-9]\d*)")
 LINE_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 3
 
@@ -54,6 +55,15 @@ def run(
         timeout=RUN_TIMEOUT,
         check=False,
     )
+
+
+def free_port() -> int:
+    """A port free a moment ago. Only for a test that must name the port before the server
+    starts (SENSORCAST_SERVER_PORT in tests/test_cli_ops.py); it can race with anything else
+    picking a port, so servers here bind port 0 and read it back instead (Server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, prefix: str) -> str:
