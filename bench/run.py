@@ -54,6 +54,7 @@ import ingest  # noqa: E402  (needs the sys.path line above)
 import latest  # noqa: E402
 import loadgen as lg  # noqa: E402
 import mqtt  # noqa: E402
+import parsing  # noqa: E402
 import scaleout  # noqa: E402
 import sse as sse_bench  # noqa: E402
 
@@ -65,7 +66,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
 SERVERS = ("sensorcast", "reference")
-PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "scaleout", "latest", "sse")
+PHASES = ("fanout", "latency", "memory", "ingest", "mqtt", "scaleout", "latest", "sse", "parse")
 
 # Targets for Sensorcast / reference ratios (and one absolute bound).
 TARGET_CPU_RATIO = 0.8
@@ -881,6 +882,8 @@ def comparisons(
         rows += latest.comparison_rows((sc or {}).get("latest"))
     if "sse" in p.phases:
         rows += sse_bench.comparison_rows((sc or {}).get("sse"))
+    if "parse" in p.phases:
+        rows += parsing.comparison_rows((sc or {}).get("parse"))
     return rows
 
 
@@ -1062,6 +1065,8 @@ async def run(p: Params, cores: tuple[int | None, int | None]) -> dict[str, Any]
         sensorcast["sse"] = await sse_bench.measure(
             lambda: running("sensorcast", cores[0]), sse_bench.SseParams(subscribers=p.subscribers)
         )
+    if "parse" in p.phases and sensorcast is not None:
+        results["sensorcast"]["parse"] = parsing.measure()
     if "fanout" not in p.phases and "latency" not in p.phases:
         return results
     # Fan-out and latency: every server up at once (same core, only one loaded at a time)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,14 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     where = f"http://{config.server.host}:{config.server.port}"
     wrote: list[bool] = []
 
-    def listening(_banner: str) -> None:
+    def listening(banner: str) -> None:
         # run_app calls this once every site accepts: the moment systemd may route traffic.
-        # Instead of aiohttp's plain banner, one log line in the configured format.
+        # Instead of aiohttp's plain banner, one log line in the configured format. The
+        # banner names the bound address: the port the kernel gave when the config says 0.
+        nonlocal where
+        bound = re.search(r"http://\S+:(\d+)", banner)
+        if config.server.port == 0 and bound is not None:
+            where = f"http://{config.server.host}:{bound.group(1)}"
         logging.getLogger("server").info("listening on %s", where, extra={"event": "listening"})
         notifier.ready(f"listening on {where}, {connections_status(0)}")
         wrote.append(_write_listening(config, where))

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import stat
@@ -22,6 +23,8 @@ from server import codec
 
 RUN_TIMEOUT = 20.0
 START_TIMEOUT = 15.0
+# serve's start-up log line names the port it bound (the real one when asked for 0).
+RUNNING_ON = re.compile(r"listening on (http://127\.0\.0\.1:[1-9]\d*)")
 LINE_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 3
 
@@ -55,9 +58,12 @@ def run(
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port free a moment ago. Only for a test that must name the port before the server
+    starts (SENSORCAST_SERVER_PORT in tests/test_cli_ops.py); it can race with anything else
+    picking a port, so servers here bind port 0 and read it back instead (Server)."""
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, prefix: str) -> str:
@@ -231,7 +237,7 @@ def test_serve_with_unusable_database_path_exits_1_with_one_line(tmp_path: Path)
     config = write_config(
         tmp_path,
         {
-            "server": {"port": free_port()},
+            "server": {"port": 0},  # never reached: the storage error comes first
             "database": {"url": "sqlite:///afile/db.sqlite"},
             # A configured secret: no "generated a JWT secret" log line before the failure.
             "auth": {"jwt_secret": "s" * 32},
@@ -251,18 +257,26 @@ class Server:
     """`python -m server serve` as a child process, its output in files under tmp_path."""
 
     def __init__(self, tmp_path: Path, extra: dict[str, Any] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        data: dict[str, Any] = {"server": {"port": self.port, "shutdown_timeout": SHUTDOWN_TIMEOUT}}
+        # Port 0: the kernel picks a free one as the server binds, and the test reads it
+        # back from the "Running on" line. A port found free first and bound later races
+        # with everything else on the machine.
+        self.url = ""
+        data: dict[str, Any] = {"server": {"port": 0, "shutdown_timeout": SHUTDOWN_TIMEOUT}}
         for section, values in (extra or {}).items():
             data.setdefault(section, {}).update(values)
         self.dir = tmp_path
+        self.data = data
         self.config = write_config(tmp_path, data)
         self.stdout = tmp_path / "server.out"
         self.stderr = tmp_path / "server.err"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.url:
+            # A restart serves on the port the first start was given, where its clients
+            # reconnect; it was this test's own server a moment ago.
+            self.data["server"]["port"] = int(self.url.rsplit(":", 1)[1])
+            self.config = write_config(self.dir, self.data)
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server", "--config", str(self.config), "serve"],
@@ -281,6 +295,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            if not self.url:
+                bound = RUNNING_ON.search(self.log())
+                if bound is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                self.url = bound.group(1)
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(
                     f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=1)

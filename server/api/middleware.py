@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -49,16 +49,20 @@ class RestLimiter:
 
     MAX_TRACKED = 100_000
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
+        # Injectable so a test can hold time still instead of racing the refill.
+        self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
         # Requests refused so far (sensorcast_rate_limited_total{transport="rest"}).
         self.refused = 0
 
     def check(self, ip: str, now: float | None = None) -> None:
         """Count one request from `ip`; RateLimited (with retry_after) when over."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         tokens, updated = self._buckets.get(ip, (self.burst, now))
         tokens = min(self.burst, tokens + (now - updated) * self.rate)
         if tokens < 1.0:

@@ -62,13 +62,22 @@ def _default_rule(channel: str) -> HistoryRule:
     return HistoryRule(100, 0)
 
 
+def _monotonic() -> float:
+    return time.monotonic()
+
+
 class LocalBackend:
     def __init__(
         self,
         history_size: int = 100,
         history_ttl: float = 0,
         history_rule: Callable[[str], HistoryRule] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        # History ages by this clock (default: time.monotonic, looked up at each call). A
+        # test passes its own instead of patching time.monotonic, which would freeze the
+        # event loop's clock too.
+        self.clock = clock or _monotonic
         self.rule = history_rule or (lambda channel: HistoryRule(history_size, history_ttl))
         self.channels: dict[str, _ChannelState] = {}
         self.listening: set[str] = set()
@@ -96,7 +105,7 @@ class LocalBackend:
         return state
 
     async def publish(self, publications: list[Publication]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         channels = self.channels
         for publication in publications:
             offsets = publication.offsets
@@ -136,7 +145,7 @@ class LocalBackend:
         if state.history is None:
             return Recovery([], False, position)
         ttl = state.rule.ttl
-        oldest_alive = time.monotonic() - ttl
+        oldest_alive = self.clock() - ttl
         missed = [
             pub
             for stamp, pub in zip(state.stamps, state.history, strict=True)
@@ -171,7 +180,7 @@ class LocalBackend:
     def trim(self) -> int:
         """Drop expired history, then the state of channels nobody listens to and with no
         history left; returns how many publications were dropped."""
-        now = time.monotonic()
+        now = self.clock()
         dropped = 0
         idle = []
         for channel, state in self.channels.items():

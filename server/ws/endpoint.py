@@ -315,7 +315,7 @@ def _within_rate(conn: WsConnection, stats: HubStats) -> bool:
     rate = conn.rate
     if rate is None:
         return True
-    now = time.monotonic()
+    now = rate.clock()
     if rate.take(now):
         return True
     assert rate.limited_since is not None

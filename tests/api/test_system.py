@@ -143,10 +143,15 @@ async def test_offsets_are_per_channel(client: TestClient, token: Mint):
     assert (await resp.json())["channel"] == "sensors:7"
 
 
-async def test_publish_with_token_in_query(client: TestClient, token: Mint):
+async def test_publish_with_token_in_query(client: TestClient, connect: Connect, token: Mint):
+    ws = await connect()
     resp = await client.post(f"/api/v1/events/general?token={token()}", json={"a": 1})
 
     assert resp.status == 202
+    answer = await resp.json()
+    assert answer == {"channel": "general", "offset": 1, "epoch": answer["epoch"]}
+    frame = await ws.recv_type("event")
+    assert (frame["data"], frame["offset"], frame["epoch"]) == ({"a": 1}, 1, answer["epoch"])
 
 
 async def test_publish_with_config_api_token(make_client: Callable[..., Any]):
@@ -155,9 +160,13 @@ async def test_publish_with_config_api_token(make_client: Callable[..., Any]):
         {"auth": {"api_tokens": [{"name": "billing", "token": secret, "role": "service"}]}}
     )
 
+    ws = await open_ws(client)
     resp = await publish(client, secret, {"a": 1})
 
     assert resp.status == 202
+    answer = await resp.json()
+    assert answer == {"channel": "general", "offset": 1, "epoch": answer["epoch"]}
+    assert (await ws.recv_type("event"))["data"] == {"a": 1}
 
 
 async def test_non_json_body_is_400_invalid_json(client: TestClient, token: Mint):
@@ -204,9 +213,12 @@ async def test_body_under_max_body_bytes_passes(make_client: Callable[..., Any])
     client = await make_client({"server": {"max_body_bytes": 2048}})
     tok = client.app[AUTH].mint("tester", "service")
 
+    ws = await open_ws(client)
     resp = await publish(client, tok, {"blob": "x" * 1500})
 
     assert resp.status == 202
+    assert (await resp.json())["offset"] == 1
+    assert (await ws.recv_type("event"))["data"] == {"blob": "x" * 1500}  # all of it
 
 
 # -- what subscribers receive -------------------------------------------------------------------
@@ -584,8 +596,13 @@ async def test_without_anonymous_access_a_token_is_required(make_client: Callabl
 async def test_without_anonymous_access_health_stays_open(make_client: Callable[..., Any]):
     client = await make_client({"auth": {"allow_anonymous": False}})
 
-    assert (await client.get("/health")).status == 200
-    assert (await client.get("/api/v1/")).status == 200
+    health = await client.get("/health")
+    info = await client.get("/api/v1/")
+
+    assert health.status == 200
+    assert (await health.json())["status"] == "healthy"
+    assert info.status == 200
+    assert (await info.json())["name"] == "sensorcast"
 
 
 async def test_anonymous_writes_let_token_less_publish_through(make_client: Callable[..., Any]):

@@ -22,6 +22,7 @@ from server import codec
 from server.auth import Authenticator
 from server.config import load_config
 from tests.client.conftest import free_port
+from tests.conftest import is_ci
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,7 +40,7 @@ EXPECT_TIMEOUT_MS = 15_000
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if is_ci():  # the suite's one reading of CI (tests/conftest.py)
         pytest.fail(f"browser tests cannot run in CI: {reason}")
     pytest.skip(f"BROWSER TESTS SKIPPED: {reason}")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from server.keys import SERVICES
+from server.keys import HUB, SERVICES
 from server.storage import StorageUnavailable
-from tests.conftest import WS, Connect, open_ws
+from tests.conftest import WS, Connect, eventually, open_ws
 
 
 async def join(connect: Connect, room: str, user: str, name: str, **query: str) -> WS:
@@ -129,6 +129,8 @@ async def test_presence_counts_users_not_tabs(client: TestClient, connect: Conne
     }
 
     await bob_tab1.close()
+    # The server has handled the close (and its presence leave) before the fence.
+    await eventually(lambda: len(client.app[HUB].clients) == 2)
     await ana.nothing()  # Bob still has a tab open
     await bob_tab2.close()
     left = await ana.recv_type("user_left")
@@ -176,7 +178,7 @@ async def test_typing_expires_without_renewal(make_client: Any):
     await ana.send({"type": "typing", "is_typing": True})
     assert (await bob.recv_type("typing"))["data"]["is_typing"] is True
 
-    expired = await bob.recv_type("typing", timeout=2)
+    expired = await bob.recv_type("typing")  # the default 5 s bound, not a tight 2 s
     assert expired["data"] == {"user_id": "1", "username": "Ana", "is_typing": False}
     await ana.nothing()
 

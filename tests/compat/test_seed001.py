@@ -247,14 +247,18 @@ async def test_native_sockets_cannot_send_the_adapter_frame(client: TestClient):
 
 
 async def test_idle_socket_is_closed_and_an_active_one_is_not(make_client: Any):
-    client = await make_client({"compat": {"idle_timeout": 0.4}})
+    # 2 s idle, and the active socket speaks every ~50 ms until the idle one is closed: a
+    # stall would have to last ~1.9 s to close the active one (the old 0.4 s / 0.15 s broke
+    # on a 250 ms stall). The end is the idle socket's close, not a timer.
+    client = await make_client({"compat": {"idle_timeout": 2.0}})
     idle = await seed_ws(client)
     active = await seed_ws(client, sub="ana")
-    for _ in range(5):
-        await active.request({"type": "ping"})
-        await asyncio.sleep(0.15)
+    closed = asyncio.ensure_future(idle.closed(timeout=10))
+    while not closed.done():
+        assert (await active.request({"type": "ping"}))["type"] == "pong"
+        await asyncio.wait([closed], timeout=0.05)
 
-    code, reason = await idle.closed()
+    code, reason = await closed
 
     assert (code, reason) == (4008, "idle timeout")
     pong = await active.request({"type": "ping"})

@@ -58,6 +58,11 @@ async def test_only_documented_frame_types_reach_the_socket(client: TestClient):
         resp = await client.post("/api/v1/events/chat:1", json=body, headers=service)
         assert resp.status == 202
     await other.send({"type": "typing", "is_typing": True})
+    # Bob's own fence first: once he has his pong, his typing was handled and is queued for
+    # Ana ahead of her fence below (else the server may read Ana's ping before it).
+    await other.send({"type": "ping"})
+    while (await other.recv())["type"] != "pong":
+        pass
     await ws.send({"type": "subscribe", "channel": "general"})  # answered natively: dropped
     await ws.send({"type": "nope"})
     await ws.send({"type": "ping"})

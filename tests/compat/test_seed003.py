@@ -134,9 +134,21 @@ async def test_tema_event_reaches_that_topics_room(client: TestClient):
 
 
 async def test_notify_without_the_token_is_refused(client: TestClient):
+    listener = await connect(client, "/ws/c1")
     resp = await client.post("/notify", json={"event": "x", "payload": {}})
 
     assert resp.status == 401
+    assert await resp.json() == {
+        "error": {
+            "code": "unauthorized",
+            "message": "this operation needs a token",
+            "details": None,
+            "request_id": resp.headers["X-Request-ID"],
+        }
+    }
+    await listener.nothing()  # nothing was sent
+    history = await (await client.get("/history?token=dev")).json()
+    assert history["total"] == 0  # nor stored
 
 
 async def test_stats_health_and_history_shapes(client: TestClient):

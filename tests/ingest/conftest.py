@@ -22,17 +22,14 @@ import aiomqtt
 import pytest
 
 from server.mqtt_topics import broker_address
+from tests.conftest import is_ci
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def unavailable(reason: str) -> None:
-    if in_ci():
+    if is_ci():  # the suite's one reading of CI (tests/conftest.py)
         pytest.fail(f"{reason} (CI is set: the MQTT tests must run)", pytrace=False)
     pytest.skip(f"MQTT TESTS SKIPPED: {reason}")
 

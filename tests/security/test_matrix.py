@@ -7,6 +7,7 @@ in ENDPOINTS, a new namespace one more entry in NAMESPACE_CASES.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,9 @@ class Endpoint:
     resource: str
     action: str
     payload: Any
+    # What a success returns (REST body, WS `data`) on the fixture's fresh database: a
+    # status alone would pass a handler that answers 200 with someone else's data.
+    answer: Callable[[Any, int], bool] = lambda data, sensor: "error" not in data
 
     def expected(self, role: str) -> str:
         if role in self.allowed:
@@ -77,7 +81,18 @@ class Endpoint:
 
 
 ENDPOINTS = [
-    Endpoint("read", "GET", "/api/v1/sensors", None, 200, ROLES, "sensors", "list", {}),
+    Endpoint(
+        "read",
+        "GET",
+        "/api/v1/sensors",
+        None,
+        200,
+        ROLES,
+        "sensors",
+        "list",
+        {},
+        lambda d, s: [(i["id"], i["device"]) for i in d["items"]] == [(s, "device-1")],
+    ),
     Endpoint(
         "write",
         "POST",
@@ -88,6 +103,7 @@ ENDPOINTS = [
         "locations",
         "create",
         {"name": "plant"},
+        lambda d, s: (d["id"], d["name"]) == (1, "plant"),
     ),
     Endpoint(
         "readings",
@@ -99,6 +115,7 @@ ENDPOINTS = [
         "readings",
         "create",
         {"sensor_id": "{sensor}", "values": {"t": 1.5}},
+        lambda d, s: d == {"accepted": 1},
     ),
     Endpoint(
         "publish",
@@ -110,6 +127,7 @@ ENDPOINTS = [
         "events",
         "create",
         {"channel": "sensors:99", "event": {"message": "hi"}},
+        lambda d, s: (set(d), d["offset"]) == ({"channel", "offset", "epoch"}, 1),
     ),
     Endpoint(
         "notify",
@@ -121,6 +139,7 @@ ENDPOINTS = [
         "notifications",
         "create",
         {"event": "user.ping", "payload": {"user_id": "7"}},
+        lambda d, s: (d["channel"], d["notification"]["event"]) == ("user:7", "user.ping"),
     ),
     Endpoint(
         "broadcast",
@@ -132,8 +151,20 @@ ENDPOINTS = [
         "rooms",
         "broadcast",
         {"room": "lobby", "content": "hi"},
+        lambda d, s: (d["channel"], d["message"]["content"]) == ("chat:lobby", "hi"),
     ),
-    Endpoint("rooms", "GET", "/api/v1/rooms", None, 200, ROLES, "rooms", "list", {}),
+    Endpoint(
+        "rooms",
+        "GET",
+        "/api/v1/rooms",
+        None,
+        200,
+        ROLES,
+        "rooms",
+        "list",
+        {},
+        lambda d, s: d == {"items": [], "next_cursor": None},
+    ),
     Endpoint(
         "history",
         "GET",
@@ -144,6 +175,7 @@ ENDPOINTS = [
         "messages",
         "list",
         {"room": "lobby"},
+        lambda d, s: d == {"items": [], "next_cursor": None},
     ),
     Endpoint(
         "notifications",
@@ -155,6 +187,7 @@ ENDPOINTS = [
         "notifications",
         "list",
         {},
+        lambda d, s: d == {"items": [], "next_cursor": None},
     ),
 ]
 
@@ -180,6 +213,7 @@ async def test_rest_matrix(client: TestClient, sensor_id: int, endpoint: Endpoin
     expected = endpoint.expected(role)
     if expected == OK:
         assert resp.status == endpoint.status, await resp.text()
+        assert endpoint.answer(await resp.json(), sensor_id), await resp.text()
     else:
         await error_of(resp, 401 if expected == "unauthorized" else 403, expected)
 
@@ -200,7 +234,8 @@ async def test_ws_request_matrix(client: TestClient, sensor_id: int, endpoint: E
     )
     expected = endpoint.expected(role)
     if expected == OK:
-        assert reply["type"] == "response", reply
+        assert (reply["type"], reply["id"]) == ("response", 1), reply
+        assert endpoint.answer(reply["data"], sensor_id), reply
     else:
         assert (reply["type"], reply["code"], reply["id"]) == ("error", expected, 1)
     # Refused or not, the socket stays usable.
@@ -277,7 +312,8 @@ async def test_client_publish_frame(client: TestClient, channel: str, allowed: t
     ws = await open_ws(client, query(token_for(client, role), "sensors:1"))
     reply = await ws.request({"type": "publish", "id": 2, "channel": channel, "data": {"x": 1}})
     if role in allowed:
-        assert reply["type"] == "response", reply
+        assert (reply["type"], reply["id"]) == ("response", 2), reply
+        assert (reply["data"]["channel"], reply["data"]["offset"]) == (channel, 1), reply
     else:
         assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", 2)
 
@@ -350,42 +386,69 @@ class Read:
     path: str
     request: tuple[str, str, dict[str, Any]] | None
     allowed: tuple[str, ...]
+    # The success body (REST and WS `data`) on the fixture's data, not only the status.
+    answer: Callable[[Any], bool] = lambda data: "error" not in data
 
 
 READS = [
-    Read("history", "/api/v1/messages/lobby", ("messages", "list", {"room": "lobby"}), READERS),
+    Read(
+        "history",
+        "/api/v1/messages/lobby",
+        ("messages", "list", {"room": "lobby"}),
+        READERS,
+        lambda d: [(m["room"], m["content"]) for m in d["items"]] == [("lobby", "hello")],
+    ),
     Read(
         "room-connections",
         "/api/v1/rooms/lobby/connections",
         ("rooms", "connections", {"room": "lobby"}),
         READERS,
+        lambda d: (
+            (d["room"], d["channel"], d["count"], d["clients"]) == ("lobby", "chat:lobby", 0, [])
+        ),
     ),
     Read(
         "channel-stats",
         "/api/v1/stats/channels/chat:lobby",
         ("stats", "channel", {"channel": "chat:lobby"}),
         READERS,
+        lambda d: (d["channel"], d["subscribers"], d["offset"]) == ("chat:lobby", 0, 0),
     ),
     Read(
         "ops-stats",
         "/api/v1/stats/channels/ops",
         ("stats", "channel", {"channel": "ops"}),
         ("admin", "service"),
+        lambda d: (d["channel"], d["subscribers"], d["offset"]) == ("ops", 0, 1),
     ),
     Read(
         "private-stats",
         "/api/v1/stats/channels/user:user-1",
         ("stats", "channel", {"channel": "user:user-1"}),
         ("admin", "user"),
+        lambda d: (d["channel"], d["subscribers"], d["offset"]) == ("user:user-1", 0, 1),
     ),
     Read(
         "ops-notifications",
         "/api/v1/notifications?channel=ops",
         ("notifications", "list", {"channel": "ops"}),
         ("admin", "service"),
+        lambda d: [(n["channel"], n["event"]) for n in d["items"]] == [("ops", "ops.alert")],
     ),
-    Read("seed004-channel-stats", "/api/v1/ws/stats/chat:lobby", None, READERS),
-    Read("seed004-private-stats", "/api/v1/ws/stats/user:user-1", None, ("admin", "user")),
+    Read(
+        "seed004-channel-stats",
+        "/api/v1/ws/stats/chat:lobby",
+        None,
+        READERS,
+        lambda d: d == {"channel": "chat:lobby", "connections": 0, "users": []},
+    ),
+    Read(
+        "seed004-private-stats",
+        "/api/v1/ws/stats/user:user-1",
+        None,
+        ("admin", "user"),
+        lambda d: d == {"channel": "user:user-1", "connections": 0, "users": []},
+    ),
 ]
 
 
@@ -396,6 +459,7 @@ async def test_read_matrix_rest(restricted: TestClient, read: Read, role: str):
     resp = await restricted.get(read.path, headers=auth_header(tok) if tok else {})
     if role in read.allowed:
         assert resp.status == 200, await resp.text()
+        assert read.answer(await resp.json()), await resp.text()
     else:
         await error_of(resp, 403, "forbidden")
 
@@ -411,6 +475,7 @@ async def test_read_matrix_ws_request(restricted: TestClient, read: Read, role: 
     reply = await ws.request({**frame, "payload": payload})
     if role in read.allowed:
         assert (reply["type"], reply["id"]) == ("response", 4), reply
+        assert read.answer(reply["data"]), reply
     else:
         assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", 4)
 
@@ -419,6 +484,13 @@ SEED001_READS = [
     ("messages", {"action": "get_all", "conversation_id": "lobby"}),
     ("conversations", {"action": "get", "conversation_id": "lobby"}),
 ]
+# What each answers (its `payload`), for the roles that may read the room.
+SEED001_ANSWERS: dict[str, Callable[[Any], bool]] = {
+    "messages": lambda p: [m["content"] for m in p["messages"]] == ["hello"],
+    "conversations": lambda p: (
+        (p["conversation"]["id"], p["conversation"]["messages"]) == ("lobby", 1)
+    ),
+}
 
 
 @pytest.mark.parametrize("role", ["admin", "service", "user", "device"])
@@ -434,6 +506,7 @@ async def test_read_matrix_seed001(restricted: TestClient, resource: str, payloa
         reply = await ws.recv()
     if role in READERS:
         assert (reply["type"], reply["id"]) == ("response", "q"), reply
+        assert SEED001_ANSWERS[resource](reply["payload"]), reply
     else:
         assert (reply["type"], reply["payload"]["code"]) == ("error", "forbidden")
         # Nothing of the room was sent, and the socket did not join it.

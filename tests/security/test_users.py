@@ -6,6 +6,7 @@ own SQLite file or PostgreSQL schema: every test here runs on both backends.
 
 import asyncio
 import base64
+import threading
 from pathlib import Path
 
 import jwt
@@ -21,7 +22,7 @@ from server.services.users import UsersService
 from server.storage import IntegrityError, Storage
 from server.storage import users as queries
 from tests.api.test_system import error_of
-from tests.conftest import make_config, open_ws
+from tests.conftest import eventually, make_config, open_ws
 
 # Fixtures: every test here runs on SQLite and on PostgreSQL (skipped loudly when down).
 from tests.storage.conftest import (  # noqa: F401
@@ -241,16 +242,39 @@ async def test_login_refuses_bad_bodies(client: TestClient):
     assert list(error["details"]) == ["password"]
 
 
-async def test_concurrent_logins_do_not_block_the_loop(client: TestClient):
-    """scrypt runs in threads: the info endpoint answers while logins are hashing."""
+async def test_concurrent_logins_do_not_block_the_loop(client: TestClient, monkeypatch):
+    """scrypt runs in threads: the info endpoint answers while logins are hashing.
+
+    Each hash is held inside scrypt (a thread gate) until the probe has answered, so the
+    probe provably ran while all the logins were in flight. Were scrypt on the loop, the
+    first hash would block it at the gate: no probe, and the gate's timeout fails the
+    logins with 500. No clock is compared with anything.
+    """
     await add_user(client)
-    logins = [
+    logins = 4
+    real_scrypt = auth_module.hashlib.scrypt
+    gate, lock, inside = threading.Event(), threading.Lock(), [0]
+
+    def held_scrypt(*args, **kw):
+        with lock:
+            inside[0] += 1
+        assert gate.wait(timeout=10), "scrypt held the event loop: the probe never ran"
+        return real_scrypt(*args, **kw)
+
+    monkeypatch.setattr(auth_module.hashlib, "scrypt", held_scrypt)
+    pending = [
         asyncio.ensure_future(client.post(LOGIN, json={"username": "alice", "password": "bad"}))
-        for _ in range(4)
+        for _ in range(logins)
     ]
+    await eventually(lambda: inside[0] == logins)  # every login is hashing now
+
     info = await client.get("/api/v1/")
     assert info.status == 200
-    assert [r.status for r in await asyncio.gather(*logins)] == [401] * 4
+    assert (await info.json())["name"] == "sensorcast"
+    assert not any(login.done() for login in pending)
+    gate.set()
+    answers = await asyncio.gather(*pending)
+    assert [r.status for r in answers] == [401] * logins
 
 
 async def test_login_with_only_a_public_key_is_503(client: TestClient, monkeypatch):

@@ -4,7 +4,8 @@ SQLite is a temp file. PostgreSQL is the real server at SENSORCAST_TEST_POSTGRES
 (default postgresql://postgres@127.0.0.1:5432/test); every test gets its own schema,
 reached through search_path and dropped (CASCADE) afterwards, and its own
 application_name, so runs and tests never see each other. Without a reachable server the
-postgres variants skip with a loud reason; with CI=true they fail instead.
+postgres variants skip with a loud reason (listed again at the end of the run, see
+tests/conftest.py); with CI set (any truthy value) they fail instead.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import pytest
 
 from server.storage import Storage, open_storage, redact_url
 from server.storage.migrate import apply
+from tests.conftest import PG_UNREACHABLE, is_ci
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CONNECT_TIMEOUT = 3.0
 # Unique per pytest process: schema and application names start with it.
 RUN_PREFIX = f"sc_test_{uuid.uuid4().hex[:8]}"
 _numbers = itertools.count(1)
-_UNREACHABLE = "PostgreSQL not reachable at"
 
 
 def postgres_url() -> str:
@@ -94,9 +95,9 @@ def pg_server_url() -> Iterator[str]:
     try:
         run_async(_probe(url))
     except Exception as exc:
-        message = f"{_UNREACHABLE} {redact_url(url)}: {type(exc).__name__}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true: the PostgreSQL tests must run)", pytrace=False)
+        message = f"{PG_UNREACHABLE} {redact_url(url)}: {type(exc).__name__}: {exc}"
+        if is_ci():
+            pytest.fail(f"{message} (CI is set: the PostgreSQL tests must run)", pytrace=False)
         pytest.skip(f"{message}; set SENSORCAST_TEST_POSTGRES_URL")
     yield url
     # Whatever a failed teardown left behind.
@@ -128,6 +129,33 @@ class PgSchema:
             return len(rows)
         finally:
             await conn.close()
+
+    async def backends(self, state: str | None = None, query_like: str = "%") -> int:
+        """Connections open under this schema's application_name (in `state`, running a
+        query LIKE `query_like`), as pg_stat_activity sees them."""
+        conn = await self.admin()
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = $1 "
+                    "AND ($2::text IS NULL OR state = $2) AND query LIKE $3",
+                    self.name,
+                    state,
+                    query_like,
+                )
+            )
+        finally:
+            await conn.close()
+
+    async def until_running(self, query_like: str, timeout: float = 10.0) -> None:
+        """Poll pg_stat_activity until a statement LIKE `query_like` is active on the server:
+        "the query is running" as a fact, not as a sleep."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await self.backends("active", query_like):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no active query like {query_like!r} within {timeout}s")
+            await asyncio.sleep(0.02)
 
     async def create(self) -> None:
         conn = await self.admin()
@@ -209,15 +237,3 @@ async def migrated(storage: Storage) -> Storage:
     """`storage` with the repository's migrations applied."""
     await apply(storage)
     return storage
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say it at the end, not only as an `s`: the PostgreSQL half of the suite did not run."""
-    skipped = terminalreporter.stats.get("skipped", [])
-    reasons = {
-        str(report.longrepr[2]) for report in skipped if _UNREACHABLE in str(report.longrepr)
-    }
-    if reasons:
-        terminalreporter.write_sep("!", "PostgreSQL storage tests SKIPPED", red=True, bold=True)
-        for reason in sorted(reasons):
-            terminalreporter.write_line(reason, red=True)

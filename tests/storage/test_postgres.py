@@ -39,12 +39,12 @@ async def test_malformed_url_is_one_line_storage_error_without_password(tmp_path
 
 
 async def test_unreachable_server_is_unavailable_with_password_redacted(tmp_path):
-    with socket.socket() as sock:  # a port nobody listens on
+    # A port bound but not listening, held for the whole test: nobody else can take it.
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-
-    with pytest.raises(StorageUnavailable) as caught:
-        await open_storage(f"postgres://u:secret@127.0.0.1:{port}/db", base_dir=tmp_path)
+        with pytest.raises(StorageUnavailable) as caught:
+            await open_storage(f"postgres://u:secret@127.0.0.1:{port}/db", base_dir=tmp_path)
 
     message = str(caught.value)
     assert message.startswith(
@@ -109,10 +109,26 @@ async def test_readonly_storage_refuses_writes(pg_schema: PgSchema):
 async def test_killed_idle_connections_are_replaced_without_a_restart(
     pg: Storage, pg_schema: PgSchema
 ):
-    await asyncio.gather(*(pg.fetchval("SELECT pg_sleep(0.05)") for _ in range(3)))
+    # Three transactions open at once hold three distinct connections, whatever pool_min
+    # is and however fast the pool opens them: then they all go back to the pool idle.
+    inside, release = asyncio.Semaphore(0), asyncio.Event()
+
+    async def hold() -> None:
+        async with pg.transaction() as tx:
+            await tx.execute("SELECT 1")
+            inside.release()
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(3)]
+    for _ in holders:
+        await inside.acquire()
+    release.set()
+    await asyncio.gather(*holders)
+    opened = await pg_schema.backends()
+    assert opened >= 3
 
     killed = await pg_schema.terminate_backends()
-    assert killed >= 2
+    assert killed == opened
 
     # The pool may hand out a connection whose death it has not read yet: that statement
     # fails as unavailable (at most once per killed connection); later ones run on fresh
@@ -132,7 +148,7 @@ async def test_connection_killed_mid_query_is_unavailable_then_recovers(
     pg: Storage, pg_schema: PgSchema
 ):
     running = asyncio.create_task(pg.fetchval("SELECT pg_sleep(30)"))
-    await asyncio.sleep(0.2)
+    await pg_schema.until_running("SELECT pg_sleep(30)%")
 
     await pg_schema.terminate_backends()
 
@@ -162,7 +178,9 @@ async def test_connection_killed_inside_a_transaction_is_unavailable_and_rolled_
     assert await pg.fetch("SELECT id FROM docs") == [{"id": 3}]
 
 
-async def test_cancel_mid_query_in_a_transaction_returns_at_once_and_rolls_back(pg: Storage):
+async def test_cancel_mid_query_in_a_transaction_returns_at_once_and_rolls_back(
+    pg: Storage, pg_schema: PgSchema
+):
     started = asyncio.Event()
 
     async def slow() -> None:
@@ -173,9 +191,10 @@ async def test_cancel_mid_query_in_a_transaction_returns_at_once_and_rolls_back(
 
     task = asyncio.create_task(slow())
     await started.wait()
-    await asyncio.sleep(0.1)
+    await pg_schema.until_running("SELECT pg_sleep(30)%")
     task.cancel()
-    async with asyncio.timeout(1):
+    # "At once": well before the 30 s the statement would take, with room for a slow CPU.
+    async with asyncio.timeout(10):
         with pytest.raises(asyncio.CancelledError):
             await task
 
