@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
-import aiojobs
 from aiohttp import web
 
 from server import codec
-from server.api import sse
 from server.api.asyncapi import build_asyncapi
 from server.api.middleware import REST_LIMITER, shape_router_errors
 from server.api.routes import setup_routes
@@ -27,7 +23,7 @@ from server.compat import seed001
 from server.config import Config
 from server.hub import Hub, HubLimits
 from server.ingest.mqtt import mqtt_ctx
-from server.jobs import maintain_bus, systemd_heartbeat, watch_dependencies
+from server.jobs import jobs_ctx
 from server.keys import (
     ASYNCAPI,
     AUTH,
@@ -35,7 +31,6 @@ from server.keys import (
     CONFIG,
     DISPATCHER,
     HUB,
-    JOBS,
     METRICS,
     MQTT,
     NOTIFIER,
@@ -46,10 +41,9 @@ from server.keys import (
 )
 from server.metrics import Metrics, namespace_labeller
 from server.notify import Notifier
-from server.services import Services, create_services
-from server.storage import Storage, StorageError, open_storage
+from server.services import create_services
+from server.storage import open_storage
 from server.storage.migrate import MIGRATIONS_DIR, ensure_current
-from server.storage.readings import delete_readings_before
 from server.ws import chat, commands, expiry
 from server.ws.endpoint import close_all
 
@@ -57,8 +51,6 @@ log = logging.getLogger(__name__)
 
 # API tokens shorter than this are accepted (seed demo tokens) but warned about.
 STRONG_TOKEN_LENGTH = 16
-# How often readings past retention.readings_days are deleted.
-RETENTION_SECONDS = 3600.0
 
 
 def create_app(config: Config, notifier: Notifier | None = None) -> web.Application:
@@ -124,17 +116,6 @@ def _mqtt_counts(app: web.Application) -> tuple[int, int] | None:
     return (bridge.stats.accepted, bridge.stats.rejected) if bridge is not None else None
 
 
-def _redis_up(app: web.Application) -> bool | None:
-    if app[CONFIG].bus.backend != "redis":
-        return None
-    return bool(app[BUS].backend.health()["status"] == "ok")
-
-
-def _mqtt_up(app: web.Application) -> bool | None:
-    bridge = app.get(MQTT)
-    return bridge.describe()["state"] == "connected" if bridge is not None else None
-
-
 def _namespaces(config: Config) -> set[str]:
     """Namespaces named in the config: the `namespace` label values besides the server's."""
     routes = [r.channel for r in config.notifications.routes]
@@ -188,59 +169,6 @@ async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HUB].close()
 
 
-async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Background jobs; at shutdown they are given shutdown_timeout to finish."""
-    scheduler = app[JOBS] = aiojobs.Scheduler(close_timeout=app[CONFIG].server.shutdown_timeout)
-    await scheduler.spawn(maintain_bus(app[BUS]), name="bus-upkeep")
-    await scheduler.spawn(
-        sse.keepalive(app[SSE_STREAMS], app[CONFIG].sse.keepalive), name="sse-keepalive"
-    )
-    await scheduler.spawn(
-        _retention(app[SERVICES], app[CONFIG].retention.readings_days), name="retention"
-    )
-    await scheduler.spawn(
-        watch_dependencies(
-            app[SERVICES].storage,
-            app[METRICS].dependency_up,
-            {"redis": lambda: _redis_up(app), "mqtt": lambda: _mqtt_up(app)},
-        ),
-        name="dependency-check",
-    )
-    notifier = app[NOTIFIER]
-    if notifier.enabled:
-        hub = app[HUB]
-        await scheduler.spawn(
-            systemd_heartbeat(notifier, lambda: len(hub.clients)), name="systemd-heartbeat"
-        )
-    yield
-    await scheduler.close()
-    notifier.close()
-
-
 async def _stopping(app: web.Application) -> None:
     """First of on_shutdown: systemd shows the unit as deactivating from here on."""
     app[NOTIFIER].stopping()
-
-
-async def expire_readings(storage: Storage, days: int) -> int:
-    """Delete readings older than `days` days (0: keep everything); returns how many."""
-    if days <= 0:
-        return 0
-    deleted = await delete_readings_before(storage, codec.utcnow() - timedelta(days=days))
-    log.info("retention deleted %d readings older than %d days", deleted, days)
-    return deleted
-
-
-async def _retention(services: Services, days: int) -> None:
-    """Hourly: readings past retention.readings_days, notifications past
-    notifications.history_size. First pass at start: a server restarted more often than
-    hourly still trims."""
-    while True:
-        try:
-            await expire_readings(services.storage, days)
-            trimmed = await services.notifications.trim()
-            if trimmed:
-                log.info("retention deleted %d notifications past history_size", trimmed)
-        except StorageError as exc:
-            log.warning("retention skipped this pass: %s", exc)
-        await asyncio.sleep(RETENTION_SECONDS)

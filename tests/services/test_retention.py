@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from server.app import expire_readings
 from server.codec import utcnow
 from server.config import ConfigError, load_config
+from server.jobs import expire_readings
 from server.keys import JOBS
 from server.storage import Storage
 from server.storage.readings import delete_readings_before
