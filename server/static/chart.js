@@ -88,6 +88,8 @@ export class LiveChart {
     if (typeof v !== "number") return;
     let arr = map.get(metric);
     if (!arr) map.set(metric, (arr = []));
+    const last = arr[arr.length - 1];
+    if (last && last[0] === t && last[1] === v) return; // the snapshot repeats the history
     if (arr.length && arr[arr.length - 1][0] > t) {
       const i = arr.findIndex((p) => p[0] > t);
       arr.splice(i, 0, [t, v]);
@@ -154,18 +156,39 @@ export class LiveChart {
     ctx.restore();
   }
 
+  /** The sensor's unit, on its own type's metric (or its only one): a sensor has one unit. */
+  _unit() {
+    const s = this.sensor;
+    const mine = s && (this.metric === s.type || this.points.size <= 1);
+    return mine && s.unit ? ` ${s.unit}` : "";
+  }
+
   _create(data) {
-    const unit = this.sensor?.unit || "";
     const axis = { stroke: "#8b98a9", grid: { stroke: "#222b37", width: 1 }, ticks: { stroke: "#263141" } };
     this.plot = new uPlot(
       {
         ...this._size(),
         cursor: { y: false },
-        scales: { x: { time: true } },
-        axes: [axis, { ...axis, size: 60, values: (u, vals) => vals.map((v) => `${+v.toFixed(2)}${unit ? " " + unit : ""}`) }],
+        // Always the whole window (a lone reading would otherwise span years), and the
+        // forecast when it reaches further.
+        scales: {
+          x: {
+            time: true,
+            // From the data itself: uPlot pads a single x value by a thousand days.
+            range: (u) => {
+              const xs = u.data[0];
+              const now = Date.now() / 1000;
+              const first = xs.length ? xs[0] : now;
+              const last = xs.length ? xs[xs.length - 1] : now;
+              return [Math.min(first, now - WINDOW_S), Math.max(last, now)];
+            },
+          },
+        },
+        axes: [axis, { ...axis, size: 60, values: (u, vals) => vals.map((v) => `${+v.toFixed(2)}${this._unit()}`) }],
         series: [
           {},
-          { label: "readings", stroke: "#4cc2ff", width: 2, fill: "rgba(76,194,255,0.08)", spanGaps: true, points: { show: false } },
+          // Points drawn while there are too few for a line to show.
+          { label: "readings", stroke: "#4cc2ff", width: 2, fill: "rgba(76,194,255,0.08)", spanGaps: true, points: { show: (u) => u.data[0].length < 30, size: 6 } },
           { label: "forecast", stroke: "#c297ff", width: 2, dash: [6, 5], spanGaps: true, points: { show: false } },
         ],
         legend: { show: false },

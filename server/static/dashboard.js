@@ -303,7 +303,10 @@ class Dashboard {
     });
     $("metrics").replaceChildren(...chips);
     const s = this.sensors.get(this.selected)?.sensor;
-    $("chart-summary").textContent = s ? `${s.type}${s.unit ? ` in ${s.unit}` : ""} · last 15 minutes` : "";
+    // A sensor has one unit: it belongs to its own type's metric (or to its only one).
+    const metric = current || s?.type;
+    const unit = s?.unit && (metric === s.type || metrics.length <= 1) ? ` in ${s.unit}` : "";
+    $("chart-summary").textContent = s ? `${metric}${unit} · last 15 minutes` : "";
   }
 
   async forecast() {
