@@ -29,11 +29,11 @@ from marshmallow import ValidationError
 from server import codec
 from server.api.middleware import bearer_token
 from server.auth import Principal
-from server.bus import Position, Publication
+from server.bus import Framing, Position, Publication
 from server.channel_names import parse_channel_list
 from server.errors import ApiError, Conflict, Forbidden, Unavailable, ValidationFailed
 from server.hub import Hub
-from server.hub.connection import CLOSE_POLICY, Connection, Framing, client_key
+from server.hub.connection import CLOSE_POLICY, Connection, client_key
 from server.keys import AUTH, CONFIG, DISPATCHER, HUB, POLICY, SSE_STREAMS
 from server.ws import expiry
 from server.ws.commands import SNAPSHOT_NAMESPACES, validate_max_rate

@@ -21,7 +21,6 @@ from server.errors import TooLarge
 
 if TYPE_CHECKING:
     from server.compat import Dialect
-    from server.hub.connection import Framing
 
 # Frame types a publication may carry; anything else from outside is wrapped as `event`.
 PUBLICATION_TYPES = frozenset({"event", "system_event", "entity_event", "notification", "message"})
@@ -29,6 +28,15 @@ PUBLICATION_TYPES = frozenset({"event", "system_event", "entity_event", "notific
 ENVELOPE_KEYS = frozenset({"type", "channel", "offset", "epoch", "timestamp", "offsets"})
 # What the envelope adds to a body, beyond its channel names: type, offset, epoch, time.
 ENVELOPE_BYTES = 160
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Framing:
+    """A transport's framing of a publication on one channel: the bytes every connection
+    of that transport gets, cached on the publication (Publication.framed)."""
+
+    name: str
+    encode: Callable[[Publication, str], bytes]
 
 
 @dataclass(slots=True, eq=False)

@@ -25,7 +25,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from server.auth import ANONYMOUS_KEY_PREFIX
@@ -33,7 +32,7 @@ from server.config import ANONYMOUS
 
 if TYPE_CHECKING:
     from server.auth import Principal
-    from server.bus import Publication
+    from server.bus import Framing, Publication
     from server.compat import Dialect
 
 log = logging.getLogger(__name__)
@@ -158,15 +157,6 @@ class Outbox:
             self._timer.cancel()
             self._timer = None
         self.lagging.clear()
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Framing:
-    """A transport's framing of a publication on one channel: the bytes every connection
-    of that transport gets, cached on the publication (Publication.framed)."""
-
-    name: str
-    encode: Callable[[Publication, str], bytes]
 
 
 class Connection:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from server.hub.connection import Connection, Framing
+from server.bus import Framing
+from server.hub.connection import Connection
 from server.ws.frames import close_reason, text_frame
 
 if TYPE_CHECKING:
