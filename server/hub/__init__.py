@@ -638,6 +638,7 @@ class Hub:
                 log.exception("write to %s failed", conn.client_id)
                 conn.drop("write failed")
         self.stats.messages_out += sent
+        self._delivered(channel, sent)
 
     @staticmethod
     def _reached_otherwise(conn: Connection, pub: Publication, channel: str) -> bool:

@@ -175,3 +175,15 @@ async def test_mqtt_counters_come_from_the_bridge_at_scrape_time(client):
     s = await scrape(client)
     assert value(s, "sensorcast_mqtt_messages_total", result="accepted") == 5
     assert value(s, "sensorcast_mqtt_messages_total", result="rejected") == 2
+
+
+async def test_conflated_deliveries_count_too(client):
+    ws = await open_ws(client)
+    await ws.send({"type": "subscribe", "channel": "readings:8", "max_rate": 5})
+    await ws.recv_type("subscribed")
+    bus = client.app[BUS]
+    # A non-entity event goes through at once; the entity events are conflated to the newest.
+    await bus.publish(["readings:8"], "event", {"data": 0})
+    assert (await ws.recv_type("event"))["data"] == 0
+    s = await scrape(client)
+    assert value(s, "sensorcast_deliveries_total", namespace="readings") == 1
