@@ -368,6 +368,26 @@ async def read_err_until(proc: asyncio.subprocess.Process, wanted: bytes) -> Non
     raise AssertionError(f"no {wanted!r} on stderr")
 
 
+@pytest.fixture
+def sigint_reaches_children() -> Iterator[None]:
+    """SIGINT (Ctrl-C) handled here, so the children this test sends it to handle it too.
+
+    A shell without job control starts a background job (`make test &` in a script, a CI
+    step) with SIGINT ignored, and an ignored signal stays ignored across fork and exec:
+    `sensorcast tail` would then never see the test's SIGINT and run until killed. A
+    handled one is reset to its default at exec, where Python turns it into
+    KeyboardInterrupt and asyncio.run into the client's clean close.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("sigint_reaches_children")
 async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
     children: list[asyncio.subprocess.Process] = []
     server.start()
@@ -407,15 +427,14 @@ async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
             assert direct == event
 
             assert server.proc is not None
-            started = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
-            msg = await ws.receive(timeout=SHUTDOWN_TIMEOUT + 2)
+            msg = await ws.receive(timeout=RUN_TIMEOUT)
             assert msg.type is aiohttp.WSMsgType.CLOSE, msg
             assert msg.data == 1001
-            rc = await asyncio.to_thread(server.proc.wait, SHUTDOWN_TIMEOUT + 2)
-            elapsed = time.monotonic() - started
+            # A bound on a hang, not a speed check (tests/deploy/test_shutdown.py holds the
+            # shutdown with requests in flight): both clients answer the 1001 at once.
+            rc = await asyncio.to_thread(server.proc.wait, RUN_TIMEOUT)
             assert rc == 0, server.log()
-            assert elapsed < SHUTDOWN_TIMEOUT, elapsed
 
             # The client reconnects by itself, and says so on stderr.
             assert b"disconnected (1001 server shutting down)" in await read_err(tail)
@@ -425,9 +444,8 @@ async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
             await read_err_until(tail, b"reconnected")
             await read_err_until(tail, b"general: events were missed and could not be recovered")
             tail.send_signal(signal.SIGINT)
-            # A bound on a clean exit, not a speed check: the client's close handshake may
-            # wait out aiohttp's 10 s close timeout on a loaded machine.
-            await asyncio.wait_for(tail.wait(), RUN_TIMEOUT)
+            # A bound on a hang, not a speed check. 130: ended by SIGINT, as a shell expects.
+            assert await asyncio.wait_for(tail.wait(), RUN_TIMEOUT) == 130
             assert "Traceback" not in server.log()
     finally:
         for child in children:
