@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 import loadgen as lg
 import orjson
+from procstat import CLK_TCK, cpu_split
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SQLITE_URL = "sqlite:///var/bench-ingest.db"
@@ -51,7 +52,6 @@ READING_COLUMNS = ("sensor_id", "ts", "metrics")  # server/storage/readings.py
 ROWS_PER_READING = 1
 CHANNEL = "readings"
 HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
 
@@ -182,13 +182,13 @@ async def _post_window(
             accepted += stored
             last_201 = time.monotonic()
 
-    cpu0 = _cpu(server.pid)
+    cpu0 = cpu_split(server.pid)
     me0 = _self_cpu()
     t0 = time.monotonic()
     deadline = t0 + p.seconds
     await asyncio.gather(*(worker() for _ in range(p.concurrency)))
     elapsed = last_201 - t0
-    cpu1 = _cpu(server.pid)
+    cpu1 = cpu_split(server.pid)
     me1 = _self_cpu()
     lg.set_rcvlowat(subs, 1)
     expected = accepted * p.subscribers
@@ -196,7 +196,7 @@ async def _post_window(
     drain = time.monotonic() - last_201
     delivered = counters.frames
     await lg.wait_quiet(counters, quiet=0.3, within=2.0)
-    server_cpu = (cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]) / CLK_TCK
+    server_cpu = (sum(cpu1) - sum(cpu0)) / CLK_TCK
     per_s = accepted / elapsed if elapsed > 0 else 0.0
     return {
         "batches": next_batch - p.warmup_batches,
@@ -220,13 +220,6 @@ async def _post_window(
         "failures": failures[:5],
         "total_readings_stored": (p.warmup_batches * p.batch) + accepted,
     }
-
-
-def _cpu(pid: int) -> tuple[int, int]:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[11]), int(fields[12])
 
 
 def _self_cpu() -> float:

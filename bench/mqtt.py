@@ -16,7 +16,6 @@ never stored. Target: >= 10,000 single-reading messages/s at QoS 1, none lost.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import socket
@@ -28,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from procstat import cpu_seconds, free_port
 
 HOST = "127.0.0.1"
 TARGET = 10_000
@@ -44,21 +44,9 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Broker:
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         conf = workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {HOST}\nallow_anonymous true\npersistence false\n"
@@ -150,10 +138,10 @@ async def _case(
     qos: int,
 ) -> dict[str, Any]:
     before = await _stored(http)
-    cpu0, t0 = _cpu(pid), time.monotonic()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     procs = _devices(broker_port, sensor_ids, lines_for, qos)
     stored, t1 = await _wait_stored(http, before + readings)
-    cpu1 = _cpu(pid)
+    cpu1 = cpu_seconds(pid)
     for proc in procs:
         try:
             proc.wait(10)
@@ -199,9 +187,9 @@ async def _rest(http: aiohttp.ClientSession, pid: int, sensor_ids: list[int]) ->
                 if resp.status != 201:
                     raise OSError(f"POST /api/v1/readings: {resp.status} {await resp.text()}")
 
-    cpu0, t0 = _cpu(pid), time.monotonic()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     await asyncio.gather(*(poster(b) for b in bodies))
-    seconds, cpu = time.monotonic() - t0, _cpu(pid) - cpu0
+    seconds, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
     count = REST_BATCH * REST_BATCHES
     out = {
         "readings": count,

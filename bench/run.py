@@ -33,7 +33,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,11 +56,20 @@ import mqtt  # noqa: E402
 import parsing  # noqa: E402
 import scaleout  # noqa: E402
 import sse as sse_bench  # noqa: E402
+from procstat import (  # noqa: E402
+    CLK_TCK,
+    core_ticks,
+    cpu_split,
+    cpu_ticks,
+    free_port,
+    machine_busy,
+    rss_kb,
+    write_syscalls,
+)
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"
 PUB_CHANNEL = "bench-pub"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # SO_RCVLOWAT that keeps a subscriber asleep for a whole latency window (20/s x 260 B x
 # 10 s is ~52 KB); the kernel grows the receive buffer to match.
 HOLD_BYTES = 256 * 1024
@@ -127,68 +135,6 @@ class Params:
         return sorted(set(rates))
 
 
-# /proc readers ------------------------------------------------------------------------
-def cpu_split(pid: int | str) -> tuple[int, int]:
-    """(utime, stime) of the whole process (all threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-
-
-def cpu_ticks(pid: int | str) -> int:
-    """utime + stime of the whole process (all threads), in clock ticks."""
-    user, system = cpu_split(pid)
-    return user + system
-
-
-def core_ticks(core: int | None) -> tuple[int, int]:
-    """(busy, total) clock ticks of one CPU (or all, for None) from /proc/stat."""
-    label = b"cpu " if core is None else f"cpu{core} ".encode()
-    with open("/proc/stat", "rb") as f:
-        for line in f:
-            if line.startswith(label):
-                ticks = [int(x) for x in line.split()[1:]]
-                idle = ticks[3] + ticks[4]  # idle + iowait
-                return sum(ticks[:8]) - idle, sum(ticks[:8])
-    return 0, 0
-
-
-def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total > 0 else 0.0
-
-
-async def machine_busy(seconds: float = 1.0) -> float:
-    """How busy the whole machine is with nothing of ours running: other work on these
-    cores (a build, a test run) steals from the server and makes every figure noisy."""
-    before = core_ticks(None)
-    await asyncio.sleep(seconds)
-    return busy_fraction(before, core_ticks(None))
-
-
-def write_syscalls(pid: int) -> int:
-    """write-family syscalls so far (`syscw` in /proc/<pid>/io): with one send per
-    delivery the kernel's loopback path, not Python, dominates the per-delivery cost."""
-    try:
-        with open(f"/proc/{pid}/io", "rb") as f:
-            for line in f:
-                if line.startswith(b"syscw:"):
-                    return int(line.split()[1])
-    except OSError:  # /proc/<pid>/io needs ptrace access; the figure is optional
-        pass
-    return 0
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmRSS:"):
-                return int(line.split()[1])
-    raise lg.BenchError(f"no VmRSS for pid {pid}")
-
-
 def raise_nofile() -> int:
     """Soft RLIMIT_NOFILE up to the hard limit: 5,000 sockets per side need it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -197,13 +143,6 @@ def raise_nofile() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # servers ------------------------------------------------------------------------------

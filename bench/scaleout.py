@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,12 +30,12 @@ from typing import Any
 
 import loadgen as lg
 import redis
+from procstat import CLK_TCK, cpu_ticks, free_port
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"
 PUB_CHANNEL = "bench-pub"
 TARGET_CPU_RATIO = 1.3
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # start(extra_config) -> a running Sensorcast (run.py's `running`, pinned like the rest).
 Starter = Callable[[str], AbstractAsyncContextManager[Any]]
@@ -59,18 +57,6 @@ class ScaleoutParams:
     publishers: int = 8
     samples_cap: int = 200_000
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

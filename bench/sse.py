@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -30,9 +29,9 @@ from typing import Any, cast
 
 import loadgen as lg
 import orjson
+from procstat import CLK_TCK, cpu_ticks
 
 HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_SSE_RATIO = 1.1
 TARGET_CONFLATION_RATIO = 0.15
 _EVENT = b"\nevent: "
@@ -52,12 +51,6 @@ class SseParams:
     conflation_seconds: float = 4.0
     baseline_scale: int = 10
     connect_concurrency: int = 100
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 class SseSubscriber(asyncio.Protocol):
