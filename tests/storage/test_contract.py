@@ -250,16 +250,20 @@ async def test_storage_inside_own_transaction_raises_instead_of_hanging(items: S
 
 async def test_statement_outside_a_transaction_is_not_rolled_back_with_it(items: Storage):
     in_tx = asyncio.Event()
+    issued = asyncio.Event()
 
     async def rolled_back() -> None:
         async with items.transaction() as tx:
             await tx.execute("INSERT INTO items (id, name) VALUES (1, 'undone')")
             in_tx.set()
-            await asyncio.sleep(0.05)
+            # The outsider's statement is on its way (waiting for the writer or running)
+            # before the rollback, whatever the machine's load: an event, not a timer.
+            await issued.wait()
             raise RuntimeError("undo")
 
     async def outsider() -> None:
         await in_tx.wait()
+        issued.set()  # rolled_back resumes only once this task waits inside execute()
         await items.execute("INSERT INTO items (id, name) VALUES (2, 'outsider')")
 
     outside = asyncio.create_task(outsider())
@@ -277,7 +281,7 @@ async def test_cancelled_transaction_rolls_back_and_frees_storage(items: Storage
         async with items.transaction() as tx:
             await tx.execute("INSERT INTO items (id, name) VALUES (1, 'cancelled')")
             started.set()
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(slow())
     await started.wait()

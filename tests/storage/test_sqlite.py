@@ -26,7 +26,7 @@ async def storage(tmp_path: Path):
 async def test_cancel_during_begin_leaves_no_open_transaction(storage: Storage):
     async def begin_only() -> None:
         async with storage.transaction():
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(begin_only())
     await asyncio.sleep(0)  # the task now waits for BEGIN on the worker thread
