@@ -5,51 +5,20 @@ user (the Lua decides, atomically, whether an entry is a user's first or last an
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import TYPE_CHECKING, Any
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import Any
 
 from server import codec
-from server.bus import Deliver, Publication
+from server.bus import Publication
 from server.bus import redis_lua as lua
-from server.bus.presence import Member, PresenceTable
+from server.bus.presence import Member
+from server.bus.redis_base import DOWN, RedisBase
 from server.bus.redis_lua import Script
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
 JOIN, LEAVE, EXPIRE = (Script(s) for s in (lua.JOIN, lua.LEAVE, lua.EXPIRE))
-# What a lost Redis raises (a reply error is a bug, not an outage).
-DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 
-class RedisPresence:
-    """Mixed into RedisBackend, which provides these."""
-
-    redis: Redis
-    prefix: str
-    pubsub_prefix: str
-    instance: str
-    presence_ttl: float
-    up: bool
-    _deliver: Deliver | None
-    _presence: PresenceTable
-    _presence_lock: asyncio.Lock
-
-    def _went_down(self, exc: BaseException) -> None:
-        raise NotImplementedError
-
-    async def _eval(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        raise NotImplementedError
-
-    async def _eval_many(self, calls: list[tuple[Script, list[Any], list[Any]]]) -> list[Any]:
-        raise NotImplementedError
-
-    # -- presence ------------------------------------------------------------------------
-
+class RedisPresence(RedisBase):
     def _presence_call(
         self, channel: str, member: Member, joined: bool
     ) -> tuple[Script, list[Any], list[Any]]:

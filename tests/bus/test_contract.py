@@ -113,7 +113,7 @@ async def test_expired_history_is_not_recovered(make_bus, monkeypatch):
             return real_time.monotonic() + 61
 
     monkeypatch.setattr("server.bus.local.time", Later)
-    monkeypatch.setattr("server.bus.redis.time", Later)
+    monkeypatch.setattr("server.bus.redis_history.time", Later)
     result = await h.bus.recover("a", Position(0, pubs[0].epochs["a"]))
     assert result.recovered is False
     # Offsets survive: a new publication continues the sequence.

@@ -1,5 +1,5 @@
 """Marshmallow schemas derived from the config dataclasses' field types, so a setting is
-declared once (in server/config.py), and the one-line reading of a validation error."""
+declared once (in server/config/sections.py), and the one-line reading of a validation error."""
 
 from __future__ import annotations
 
