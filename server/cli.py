@@ -1,22 +1,24 @@
 """`sensorcast` / `python -m server`: serve, migrate, token, user, publish, tail, stats,
 check-config, bench. Every command has --help."""
 
+# The docstring above is `sensorcast --help`'s description. Here: the arguments, finding
+# the config, the command table; serve is serve_cli.py, migrate, token and user
+# admin_cli.py, and publish, tail and stats run client_cli.py.
+
 from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from server.admin_cli import migrate, token, user
 from server.config import ENV_CONFIG, ROLES, Config, ConfigError, load_config
+from server.serve_cli import Fatal, listening_url, serve
 
 DEFAULT_CONFIG = "config.yaml"
 SYSTEM_CONFIG = "/etc/sensorcast/config.yaml"
-# Where `serve` writes the URL it listens on, under var/: tail, publish and stats read it, so
-# `SENSORCAST_SERVER_PORT=18500 make run` and a `sensorcast tail` beside it agree.
-LISTENING_FILE = "listening"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,207 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sensorcast: config error: {exc}", file=sys.stderr)
         return 2
-    except _Fatal as exc:
+    except Fatal as exc:
         print(f"sensorcast: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-class _Fatal(Exception):
-    """A start-up problem the operator must fix; printed as one line, no traceback."""
-
-
-def serve(config: Config, args: argparse.Namespace) -> int:
-    import logging
-
-    import uvloop
-    from aiohttp import web
-
-    from server.app import create_app
-    from server.jobs import connections_status
-    from server.logs import RedactingAccessLogger, setup_logging
-    from server.notify import Notifier
-    from server.storage import StorageError
-
-    setup_logging(config.logging)
-    notifier = Notifier.from_environ()
-    where = f"http://{config.server.host}:{config.server.port}"
-    wrote: list[bool] = []
-
-    def listening(banner: str) -> None:
-        # run_app calls this once every site accepts: the moment systemd may route traffic.
-        # Instead of aiohttp's plain banner, one log line in the configured format. The
-        # banner names the bound address: the port the kernel gave when the config says 0.
-        nonlocal where
-        bound = re.search(r"http://\S+:(\d+)", banner)
-        if config.server.port == 0 and bound is not None:
-            where = f"http://{config.server.host}:{bound.group(1)}"
-        logging.getLogger("server").info("listening on %s", where, extra={"event": "listening"})
-        notifier.ready(f"listening on {where}, {connections_status(0)}")
-        wrote.append(_write_listening(config, where))
-
-    try:
-        web.run_app(
-            create_app(config, notifier),
-            host=config.server.host,
-            port=config.server.port,
-            shutdown_timeout=config.server.shutdown_timeout,
-            loop=uvloop.new_event_loop(),
-            access_log_class=RedactingAccessLogger,
-            print=listening,
-        )
-    except StorageError as exc:
-        raise _Fatal(str(exc)) from None
-    except OSError as exc:
-        raise _Fatal(f"cannot serve on {config.server.host}:{config.server.port}: {exc}") from None
-    finally:
-        if any(wrote):
-            (config.var_dir / LISTENING_FILE).unlink(missing_ok=True)
-    return 0
-
-
-def _write_listening(config: Config, url: str) -> bool:
-    try:
-        config.var_dir.mkdir(parents=True, exist_ok=True)
-        (config.var_dir / LISTENING_FILE).write_text(url + "\n")
-        return True
-    except OSError:
-        return False  # read-only (systemd's ProtectSystem): tail uses the config's port
-
-
-def migrate(config: Config, args: argparse.Namespace) -> int:
-    from server.storage import StorageError, open_storage
-    from server.storage.migrate import MIGRATIONS_DIR, apply, pending
-
-    async def run() -> int:
-        db = config.database
-        storage = await open_storage(
-            db.url,
-            base_dir=config.base_dir,
-            pool_min=db.pool_min,
-            pool_max=db.pool_max,
-            # A dry run creates nothing: no database file, no schema_migrations.
-            readonly=args.dry_run,
-        )
-        try:
-            verb, run = ("pending", pending) if args.dry_run else ("applied", apply)
-            migrations = await run(storage, MIGRATIONS_DIR)
-            for m in migrations:
-                print(f"{verb} {m.version:04d} {m.name}")
-            if not migrations:
-                print("up to date")
-            return 0
-        finally:
-            await storage.close()
-
-    try:
-        return asyncio.run(run())
-    except StorageError as exc:
-        raise _Fatal(str(exc)) from None
-
-
-def token(config: Config, args: argparse.Namespace) -> int:
-    from server.auth import Authenticator
-
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
-    auth = Authenticator(config.auth, config.var_dir, config.base_dir)
-    sub, role, name = args.sub or "cli", args.role, args.name
-    if args.user is not None:
-        # The same user:{id} as that user's login token: one person, one identity.
-        found = _login_user(config, args.user)
-        sub, role, name = str(found["id"]), role or found["role"], name or found["username"]
-    elif role is None:
-        raise _Fatal("token: --role is required (or --user NAME for a login user's token)")
-    try:
-        print(auth.mint(sub, role, args.ttl, name=name, channels=channels))
-    except RuntimeError as exc:
-        raise _Fatal(str(exc)) from None
-    return 0
-
-
-def _login_user(config: Config, username: str) -> dict[str, Any]:
-    from server.errors import ApiError
-    from server.services.users import UsersService
-    from server.storage import StorageError, open_storage
-
-    async def run() -> dict[str, Any]:
-        db = config.database
-        storage = await open_storage(db.url, base_dir=config.base_dir, pool_min=1, pool_max=1)
-        try:
-            return await UsersService(storage).get(username)
-        finally:
-            await storage.close()
-
-    try:
-        return asyncio.run(run())
-    except ApiError as exc:
-        raise _Fatal(exc.message) from None
-    except StorageError as exc:
-        raise _Fatal(str(exc)) from None
-
-
-def _read_password(args: argparse.Namespace) -> str:
-    if args.password is not None:
-        return str(args.password)
-    if args.password_stdin or not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\r\n")
-    import getpass
-
-    password = getpass.getpass("Password: ")
-    if getpass.getpass("Again: ") != password:
-        raise _Fatal("the passwords differ")
-    return password
-
-
-def user(config: Config, args: argparse.Namespace) -> int:
-    from server.errors import ApiError
-    from server.services.users import UsersService
-    from server.storage import StorageError, open_storage
-    from server.storage.migrate import MIGRATIONS_DIR, ensure_current
-
-    # Read before the database is opened: a prompt must not hold a connection.
-    password = _read_password(args) if args.user_command == "add" else ""
-
-    async def run() -> None:
-        db = config.database
-        storage = await open_storage(db.url, base_dir=config.base_dir, pool_min=1, pool_max=1)
-        try:
-            await ensure_current(storage, MIGRATIONS_DIR, db.auto_migrate)
-            users = UsersService(storage)
-            if args.user_command == "add":
-                added = await users.add(args.name, password, args.role)
-                print(f"added user {added['username']} (id {added['id']}, role {added['role']})")
-            elif args.user_command == "remove":
-                removed = await users.remove(args.name)
-                print(f"removed user {removed['username']} (id {removed['id']})")
-            else:
-                for u in await users.list_users():
-                    print(f"{u['id']}\t{u['username']}\t{u['role']}\t{u['created_at']}")
-        finally:
-            await storage.close()
-
-    try:
-        asyncio.run(run())
-    except ApiError as exc:
-        raise _Fatal(explain(exc.message, exc.details)) from None
-    except StorageError as exc:
-        raise _Fatal(str(exc)) from None
-    return 0
-
-
-def explain(message: str, details: Any) -> str:
-    """An error for a terminal: `validation failed: password: Shorter than minimum length 8.`
-    rather than a Python dict."""
-    if isinstance(details, dict) and details:
-        parts = []
-        for key, value in details.items():
-            text = "; ".join(map(str, value)) if isinstance(value, list) else str(value)
-            parts.append(f"{key}: {text}")
-        return f"{message}: {', '.join(parts)}"
-    if isinstance(details, list) and details:
-        return f"{message}: {'; '.join(map(str, details))}"
-    return message if not details else f"{message}: {details}"
 
 
 def _client_setup(config: Config, args: argparse.Namespace) -> tuple[str, str]:
@@ -337,25 +143,12 @@ def _client_setup(config: Config, args: argparse.Namespace) -> tuple[str, str]:
     host = config.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    url = args.url or _listening(config) or f"http://{host}:{config.server.port}"
+    url = args.url or listening_url(config) or f"http://{host}:{config.server.port}"
     url = url.rstrip("/")
     tok = args.token or Authenticator(config.auth, config.var_dir, config.base_dir).mint(
         "cli", "service", 3600
     )
     return url, tok
-
-
-def _listening(config: Config) -> str | None:
-    """The URL a server using this config said it listens on (its port may come from an
-    environment variable this process does not have)."""
-    try:
-        url = (config.var_dir / LISTENING_FILE).read_text().strip()
-    except OSError:
-        return None
-    host = url.partition("://")[2].rpartition(":")[0]
-    if host in ("0.0.0.0", "::", "[::]"):
-        url = url.replace(host, "127.0.0.1", 1)
-    return url or None
 
 
 def publish(config: Config, args: argparse.Namespace) -> int:

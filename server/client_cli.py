@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from typing import Any
 
@@ -73,13 +74,36 @@ async def _print(sub: Subscription) -> None:
 
 
 async def tail_channels(url: str, token: str, channels: list[str]) -> int:
-    """Print each channel's frames, one JSON per line, until interrupted."""
+    """Print each channel's frames, one JSON per line, until interrupted.
+
+    SIGINT is asyncio.run's: it cancels this task, the client closes with 1000, and
+    cli.main() exits 130. SIGTERM (kill, timeout, systemd) is turned into the same
+    cancellation here, and exits 143 (128 + 15, as a shell reports a SIGTERM); left to its
+    default it would end the process without a close frame (the server sees 1006)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
     try:
         async with connect(url, token, on_status=_status) as client:
             subs = [client.subscribe(channel) for channel in channels]
             await asyncio.gather(*(_print(sub) for sub in subs))
     except ClientError as exc:
         return _failed(exc)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        task.uncancel()
+        return 128 + signal.SIGTERM
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
     return 0
 
 

@@ -454,6 +454,38 @@ async def test_serve_publish_tail_and_sigterm_end_to_end(server: Server):
                 await child.wait()
 
 
+# The server's log line for a socket's end (server/ws/endpoint.py _log_disconnect).
+CLIENT_CLOSED_1000 = re.compile(r"disconnect \S+ code=1000 by=client")
+
+
+async def test_tail_ends_on_sigterm_as_on_sigint_closing_with_1000(server: Server):
+    server.start()
+    async with aiohttp.ClientSession() as session:
+        await server.wait_healthy(session)
+    tail = await cli(server, "tail", "general")
+    try:
+        # Subscribed: the socket is open and tail handles its signals.
+        assert b"tailing general after offset 0" in await read_err(tail)
+        assert CLIENT_CLOSED_1000.search(server.log()) is None
+
+        tail.send_signal(signal.SIGTERM)  # kill, timeout(1), systemd's stop
+        # A bound on a hang, not a speed check. 143: ended by SIGTERM, as a shell expects.
+        assert await asyncio.wait_for(tail.wait(), RUN_TIMEOUT) == 143
+        assert tail.stderr is not None
+        rest = await tail.stderr.read()
+        assert b"Traceback" not in rest, rest
+        assert rest == b"", rest
+        # The server logs the close once its handler ends, which may be after tail exits.
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while CLIENT_CLOSED_1000.search(server.log()) is None:
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.05)
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+
+
 async def test_serve_does_not_log_query_tokens(server: Server):
     server.start()
     async with aiohttp.ClientSession() as session:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from server import cli as cli_module
+from server.admin_cli import explain
 from tests.test_cli import (
     LINE_TIMEOUT,
     RUN_TIMEOUT,
@@ -136,10 +137,10 @@ def test_user_add_errors_read_as_sentences_not_dicts(tmp_path: Path) -> None:
 
 
 def test_explain_formats_details() -> None:
-    assert cli_module.explain("validation failed", {"password": ["Too short.", "Weak."]}) == (
+    assert explain("validation failed", {"password": ["Too short.", "Weak."]}) == (
         "validation failed: password: Too short.; Weak."
     )
-    assert cli_module.explain("not found", None) == "not found"
+    assert explain("not found", None) == "not found"
 
 
 async def test_tail_publish_and_stats_follow_a_port_change_and_tail_says_why_it_closed(

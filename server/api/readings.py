@@ -23,7 +23,8 @@ from server.api.operations import Ctx, operation
 from server.api.sensors import MAX_ID
 from server.auth import WRITE_ROLES
 from server.errors import TooLarge, ValidationFailed
-from server.services.readings import MAX_ERRORS, Reading, iso, parse_time
+from server.services.readings import MAX_ERRORS, Reading
+from server.services.timestamps import iso, parse_time
 
 MAX_BATCH = 10_000
 MAX_METRIC_LENGTH = 100

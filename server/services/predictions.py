@@ -21,7 +21,7 @@ from server import codec
 from server.bus import Bus
 from server.errors import NotFound, ValidationFailed
 from server.services.paging import decode_id_cursor, encode_cursor
-from server.services.readings import iso
+from server.services.timestamps import iso
 from server.storage import Row, Storage
 from server.storage import predictions as queries
 from server.storage.readings import sensor_exists

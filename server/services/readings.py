@@ -8,150 +8,31 @@ commit: per reading an `entity_event` reading on `readings`, `readings:{id}`,
 `sensors:{id}`, followed by the anomalies it raised. An unknown sensor_id is a 422 like
 any other bad field (it is part of the body, not the URL), under the item's index in a
 batch: `{"3": {"sensor_id": [...]}}`.
+
+Queries (values, latest, snapshot, aggregates) are services/reading_queries.py; anomalies'
+shapes, list and resolve services/anomalies.py; timestamps services/timestamps.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
 
-import orjson
-
-from server import codec
 from server.bus import Bus
-from server.errors import Conflict, NotFound, TooLarge, ValidationFailed
-from server.services.paging import decode_cursor, decode_id_cursor, encode_cursor, not_ours
+from server.errors import TooLarge, ValidationFailed
+from server.services.anomalies import AnomalyService, Event, anomaly_event, anomaly_object
+from server.services.reading_queries import ReadingQueries
 from server.storage import IntegrityError, Row, Storage
 from server.storage import readings as queries
 
-if TYPE_CHECKING:
-    from server.auth import Principal
-
 # Errors reported for one request; past this a bad batch is not worth describing further.
 MAX_ERRORS = 50
-MAX_BUCKETS = 10_000
 
 # (sensor_id, timestamp, {metric: value}, iso(timestamp)): what api/readings.py parses a
 # body into. The text is what the reading's event carries: formatting a datetime costs more
 # than anything else per reading, and the body's own text is usually already that form.
 Reading = tuple[int, datetime, dict[str, float], str]
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 UTC with Z and milliseconds, as every other timestamp (SPEC §4); a reading
-    posted with microseconds is shown to the millisecond (stored as given).
-
-    Written by orjson (~10x faster than isoformat: this runs per reading and per listed
-    value), which gives microseconds or, when they are zero, no fraction."""
-    if moment.tzinfo is not UTC:
-        moment = moment.astimezone(UTC)
-    text = orjson.dumps(moment, option=orjson.OPT_UTC_Z).decode()
-    if moment.microsecond == 0:
-        return text[1:-2] + ".000Z"
-    return text[1:-5] + "Z"
-
-
-def reading_event(
-    sensor_id: int, ts: datetime, values: dict[str, float], **metadata: Any
-) -> dict[str, Any]:
-    """The entity_event body of one reading (SPEC §4)."""
-    return {
-        "entity_type": "sensor",
-        "event_type": "reading",
-        "entity_id": sensor_id,
-        "data": {"sensor_id": sensor_id, "timestamp": iso(ts), "values": values},
-        "metadata": {"action": "reading", **metadata},
-    }
-
-
-# What Bus.publish_many takes: (channels, frame type, body).
-Event = tuple[tuple[str, ...], str, dict[str, Any]]
-
-
-def anomaly_event(event_type: str, anomaly: dict[str, Any], **meta: Any) -> Event:
-    """An anomaly's entity_event, for `anomalies` and its sensor's channel."""
-    body = {
-        "entity_type": "anomaly",
-        "event_type": event_type,
-        "entity_id": anomaly["id"],
-        "data": anomaly,
-        "metadata": {"action": event_type, **meta},
-    }
-    return ("anomalies", f"sensors:{anomaly['sensor_id']}"), "entity_event", body
-
-
-def parse_time(value: Any) -> datetime:
-    """ISO 8601 with an offset (or Z), or epoch seconds; ValueError says what is wrong."""
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError("Not an ISO 8601 time or epoch seconds.") from None
-        if moment.utcoffset() is None:
-            raise ValueError("An ISO 8601 time needs an offset or Z.")
-        return moment.astimezone(UTC)
-    if type(value) in (int, float) and math.isfinite(value):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise ValueError("Epoch seconds out of range.") from None
-    raise ValueError("Not an ISO 8601 time or epoch seconds.")
-
-
-def anomaly_object(row: Row) -> dict[str, Any]:
-    resolved_at = row["resolved_at"]
-    return {
-        "id": row["id"],
-        "sensor_id": row["sensor_id"],
-        "metric": row["metric"],
-        "value": row["value"],
-        "min": row["min"],
-        "max": row["max"],
-        "timestamp": iso(row["ts"]),
-        "resolved": row["resolved"],
-        "resolved_at": None if resolved_at is None else codec.isotime(resolved_at),
-        "created_at": codec.isotime(row["created_at"]),
-    }
-
-
-def _bound(threshold: Any, key: str) -> float | None:
-    value = threshold.get(key) if type(threshold) is dict else None
-    return value if type(value) in (int, float) else None
-
-
-# A metric name in a cursor is one we returned; the bound keeps a forged one small.
-_MAX_CURSOR_METRIC = 200
-
-
-def _decode_reading_key(cursor: str | None) -> queries.ReadingKey | None:
-    """A readings cursor: the key (ts, sensor_id, reading_id, metric) of the value the
-    previous page ended on. Anything else is 422: a cursor only positions a keyset
-    search, so even a forged one that passes costs one index seek (no OFFSET)."""
-    key = decode_cursor(cursor)
-    if key is None:
-        return None
-    try:
-        if (
-            [type(k) for k in key] == [str, int, int, str]
-            and 0 < key[1] < 2**63
-            and 0 <= key[2] < 2**63
-            and 0 < len(key[3]) <= _MAX_CURSOR_METRIC
-        ):
-            return parse_time(key[0]), key[1], key[2], key[3]
-    except (ValueError, TypeError):
-        pass
-    raise not_ours()
-
-
-def _next_key(rows: list[Row], limit: int) -> str | None:
-    """The readings cursor: the key of the page's last value, when there is more."""
-    if len(rows) <= limit:
-        return None
-    ts, sensor_id, reading_id, metric = queries.reading_key(rows[limit - 1])
-    moment = ts.astimezone(UTC).isoformat(timespec="microseconds")
-    return encode_cursor([moment, sensor_id, reading_id, metric])
 
 
 # A reading's event beyond its metrics (envelope, channels, ids, timestamp), and the most
@@ -192,6 +73,11 @@ def _events(readings: list[Reading], raised: list[tuple[int, Row]]) -> Iterator[
             upcoming = next(pending, None)
 
 
+def _bound(threshold: Any, key: str) -> float | None:
+    value = threshold.get(key) if type(threshold) is dict else None
+    return value if type(value) in (int, float) else None
+
+
 # (index in the batch, sensor_id, metric, value, min, max, ts): a threshold breach found.
 Anomaly = tuple[int, int, str, float, Any, Any, datetime]
 
@@ -220,9 +106,9 @@ def _check(
     return found, unknown
 
 
-class ReadingService:
+class ReadingService(ReadingQueries):
     def __init__(self, storage: Storage, bus: Bus) -> None:
-        self.storage = storage
+        super().__init__(storage)
         self.bus = bus
         self.anomalies = AnomalyService(storage, bus)
 
@@ -308,136 +194,3 @@ class ReadingService:
         """Each reading, then the anomalies it raised; one publication each, one batch.
         Readings were sized by _check_sizes; anomalies are small."""
         await self.bus.publish_many(_events(readings, raised), sized=True)
-
-    async def query(self, args: dict[str, Any]) -> dict[str, Any]:
-        limit = args["limit"]
-        rows = await queries.select_readings(
-            self.storage,
-            sensor_id=args.get("sensor_id"),
-            metric=args.get("metric"),
-            start=args.get("start"),
-            end=args.get("end"),
-            after=_decode_reading_key(args.get("cursor")),
-            limit=limit + 1,
-        )
-        items = [
-            {
-                "sensor_id": r["sensor_id"],
-                "timestamp": iso(r["ts"]),
-                "metric": r["metric"],
-                "value": r["value"],
-            }
-            for r in rows[:limit]
-        ]
-        return {"items": items, "next_cursor": _next_key(rows, limit)}
-
-    async def _known(self, sensor_id: int) -> None:
-        if not await queries.sensor_exists(self.storage, sensor_id):
-            raise NotFound(f"sensor {sensor_id} not found")
-
-    async def latest(self, sensor_id: int) -> dict[str, Any]:
-        """The newest value per metric; empty maps for a sensor with no readings yet."""
-        await self._known(sensor_id)
-        rows = await queries.select_latest(self.storage, sensor_id)
-        return {
-            "sensor_id": sensor_id,
-            "values": {r["metric"]: r["value"] for r in rows},
-            "timestamps": {r["metric"]: iso(r["ts"]) for r in rows},
-        }
-
-    async def snapshot(
-        self, sensor_id: int
-    ) -> tuple[list[dict[str, Any]], Callable[[str, dict[str, Any]], bool]]:
-        """A dashboard's starting point: the newest reading per metric as reading events
-        (metadata.snapshot), and a test telling whether a live event is already covered
-        by them. Nothing for a sensor that does not exist (yet): subscribing never checks."""
-        rows = await queries.select_latest(self.storage, sensor_id)
-        newest = {r["metric"]: r["ts"] for r in rows}
-        events = [
-            reading_event(sensor_id, r["ts"], {r["metric"]: r["value"]}, snapshot=True)
-            for r in rows
-        ]
-
-        def covers(kind: str, body: dict[str, Any]) -> bool:
-            if kind != "entity_event" or body.get("event_type") != "reading":
-                return False
-            data = body.get("data") or {}
-            if data.get("sensor_id") != sensor_id:
-                return False
-            ts = parse_time(data["timestamp"])
-            return all(m in newest and ts <= newest[m] for m in data.get("values", {}))
-
-        return events, covers
-
-    async def aggregate(self, args: dict[str, Any]) -> dict[str, Any]:
-        sensor_id, metric, bucket = args["sensor_id"], args["metric"], args["bucket"]
-        await self._known(sensor_id)
-        rows = await queries.select_buckets(
-            self.storage,
-            sensor_id,
-            metric,
-            bucket,
-            args.get("start"),
-            args.get("end"),
-            MAX_BUCKETS + 1,
-        )
-        if len(rows) > MAX_BUCKETS:
-            raise ValidationFailed(
-                details={
-                    "bucket": [
-                        f"More than {MAX_BUCKETS} buckets: widen the bucket or narrow from/to."
-                    ]
-                }
-            )
-        items = [
-            {
-                "start": iso(datetime.fromtimestamp(int(r["start"]), UTC)),
-                "avg": float(r["avg"]),
-                "min": r["min"],
-                "max": r["max"],
-                "count": r["count"],
-            }
-            for r in rows
-        ]
-        # Every bucket fits in one answer (past MAX_BUCKETS the query is refused): the list
-        # shape still carries next_cursor, null, as every list does (SPEC §5).
-        return {
-            "sensor_id": sensor_id,
-            "metric": metric,
-            "bucket": bucket,
-            "items": items,
-            "next_cursor": None,
-        }
-
-
-class AnomalyService:
-    def __init__(self, storage: Storage, bus: Bus) -> None:
-        self.storage = storage
-        self.bus = bus
-
-    async def publish(self, event_type: str, anomaly: dict[str, Any], **meta: Any) -> None:
-        await self.bus.publish(*anomaly_event(event_type, anomaly, **meta))
-
-    async def list(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Newest first."""
-        limit = args["limit"]
-        rows = await queries.select_anomalies(
-            self.storage,
-            sensor_id=args.get("sensor_id"),
-            resolved=args.get("resolved"),
-            before=decode_id_cursor(args.get("cursor")),
-            limit=limit + 1,
-        )
-        cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return {"items": [anomaly_object(r) for r in rows[:limit]], "next_cursor": cursor}
-
-    async def resolve(self, anomaly_id: int, by: Principal) -> dict[str, Any]:
-        """Mark resolved and publish `anomaly_resolved`; 404 unknown, 409 already resolved."""
-        row, changed = await queries.resolve_anomaly(self.storage, anomaly_id, codec.utcnow())
-        if row is None:
-            raise NotFound(f"anomaly {anomaly_id} not found")
-        if not changed:
-            raise Conflict(f"anomaly {anomaly_id} is already resolved")
-        anomaly = anomaly_object(row)
-        await self.publish("anomaly_resolved", anomaly, user=by.sub)
-        return anomaly

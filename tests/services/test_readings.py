@@ -11,7 +11,8 @@ from server.api.readings import parse_bucket, parse_readings
 from server.bus import Bus, Publication
 from server.bus.local import LocalBackend
 from server.errors import ValidationFailed
-from server.services.readings import ReadingService, iso, parse_time
+from server.services.readings import ReadingService
+from server.services.timestamps import iso, parse_time
 from server.storage import Storage
 from server.storage import readings as queries
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from server.keys import SERVICES
-from server.services.readings import Reading, iso
+from server.services.readings import Reading
+from server.services.timestamps import iso
 from tests.conftest import auth_header
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
