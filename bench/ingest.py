@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 import loadgen as lg
 import orjson
-from procstat import CLK_TCK, cpu_split
+from procstat import CLK_TCK, cpu_seconds, cpu_split
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SQLITE_URL = "sqlite:///var/bench-ingest.db"
@@ -183,13 +183,13 @@ async def _post_window(
             last_201 = time.monotonic()
 
     cpu0 = cpu_split(server.pid)
-    me0 = _self_cpu()
+    me0 = cpu_seconds("self")
     t0 = time.monotonic()
     deadline = t0 + p.seconds
     await asyncio.gather(*(worker() for _ in range(p.concurrency)))
     elapsed = last_201 - t0
     cpu1 = cpu_split(server.pid)
-    me1 = _self_cpu()
+    me1 = cpu_seconds("self")
     lg.set_rcvlowat(subs, 1)
     expected = accepted * p.subscribers
     await lg.wait_for_count(counters, expected, p.drain_seconds)
@@ -220,11 +220,6 @@ async def _post_window(
         "failures": failures[:5],
         "total_readings_stored": (p.warmup_batches * p.batch) + accepted,
     }
-
-
-def _self_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 # raw baselines ------------------------------------------------------------------------
